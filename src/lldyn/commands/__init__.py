@@ -1,0 +1,1 @@
+"""One module per ``lldyn`` subcommand; each defines ``register(subparsers)``. See :mod:`lldyn.cli`."""

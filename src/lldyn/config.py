@@ -1,0 +1,180 @@
+"""Typed configuration: frozen dataclasses, one builder from TOML files and CLI flags.
+
+Every command's knobs live in a frozen dataclass with defaults; ``__post_init__`` validates
+values. :func:`build_config` is the one parser that merges, in increasing priority, the
+dataclass defaults, a TOML file and explicit overrides (CLI flags), checking names and types and
+raising :class:`~lldyn.errors.LldynError` naming the file and field on any mistake. The resolved
+config is written to the run directory with :func:`config_to_dict`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+from lldyn.errors import LldynError
+
+C = TypeVar("C")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, field: str, file: str | None) -> Any:
+    """Check ``value`` against annotation ``tp`` (int/float/str/bool/Optional/tuple/Literal/dataclass)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, field, file)
+            except LldynError as err:
+                errors.append(err)
+        raise LldynError(f"bad value {value!r}", file=file, field=field,
+                         expected=" or ".join(_type_name(a) for a in args))
+    if origin is typing.Literal:
+        if value not in args:
+            raise LldynError(f"unknown value {value!r}", file=file, field=field,
+                             expected="one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise LldynError(f"bad value {value!r}", file=file, field=field, expected="a list")
+        inner = args[0] if args else Any
+        return tuple(_coerce(v, inner, field, file) for v in value)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise LldynError(f"bad value {value!r}", file=file, field=field, expected="a table")
+        return build_config(tp, value, file=file, prefix=field + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise LldynError(f"bad value {value!r}", file=file, field=field, expected="true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise LldynError(f"bad value {value!r}", file=file, field=field, expected="an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value))
+        except ValueError:
+            raise LldynError(f"bad value {value!r}", file=file, field=field, expected="an integer") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise LldynError(f"bad value {value!r}", file=file, field=field, expected="a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise LldynError(f"bad value {value!r}", file=file, field=field, expected="a number") from None
+    if tp is str:
+        if not isinstance(value, (str, Path)):
+            raise LldynError(f"bad value {value!r}", file=file, field=field, expected="a string")
+        return str(value)
+    return value
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file, turning I/O and syntax problems into one clear :class:`LldynError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LldynError("config file not found", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise LldynError(f"cannot read config file: {err}", file=str(path)) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        line = getattr(err, "lineno", None)
+        msg = getattr(err, "msg", str(err))
+        raise LldynError(f"invalid TOML: {msg}", file=str(path), line=line) from None
+
+
+def build_config(
+    cls: type[C],
+    values: Mapping[str, Any] | None = None,
+    *,
+    file: str | None = None,
+    prefix: str = "",
+) -> C:
+    """Build the frozen dataclass ``cls`` from ``values`` (unknown keys and bad types are refused).
+
+    ``__post_init__`` of ``cls`` runs the value checks (e.g. ``beta > 0``); a ``ValueError`` it
+    raises is turned into an :class:`LldynError` naming ``file``.
+    """
+    values = dict(values or {})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise LldynError(
+            f"unknown setting '{prefix}{unknown[0]}'", file=file, field=prefix + unknown[0],
+            expected="one of " + ", ".join(sorted(fields)),
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k, file) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except LldynError as err:
+        if err.file is None and file is not None:
+            raise LldynError(err.message, file=file, field=err.field, expected=err.expected) from None
+        raise
+    except (TypeError, ValueError) as err:
+        raise LldynError(str(err), file=file) from None
+
+
+def load_config(
+    cls: type[C],
+    toml_path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    section: str | None = None,
+) -> C:
+    """Defaults < TOML file (optionally one ``[section]`` of it) < ``overrides`` (None values ignored)."""
+    values: dict[str, Any] = {}
+    file = None
+    if toml_path is not None:
+        file = str(toml_path)
+        data = read_toml(toml_path)
+        if section is not None:
+            data = data.get(section, {})
+        values.update(data)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return build_config(cls, values, file=file)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) config dataclass; tuples become lists."""
+    def convert(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (tuple, list)):
+            return [convert(x) for x in v]
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return convert(config)
+
+
+def check(condition: bool, field: str, message: str, expected: str | None = None) -> None:
+    """Validation helper for ``__post_init__``: raise an error naming ``field``."""
+    if not condition:
+        raise LldynError(message, field=field, expected=expected)
