@@ -15,7 +15,6 @@ from lldyn.errors import LldynError
 
 # Order is the order shown by ``lldyn --help``.
 COMMANDS: tuple[str, ...] = (
-    "demo",
     "score",
 )
 

@@ -1,0 +1,362 @@
+"""Training and probe data: one type per kind of example, loaders for the formats users have.
+
+* :class:`PreferenceExample` (id, prompt, chosen, rejected) — prompt is a string or a list of chat
+  messages; chosen/rejected are the assistant's response text.
+* :class:`SFTExample` (id, prompt, response).
+
+Formats read by :func:`load_preferences` (auto-detected per row):
+
+* TRL explicit prompt: ``{"prompt": str | messages, "chosen": str | messages, "rejected": ...}``
+* TRL implicit prompt: ``{"chosen": messages, "rejected": messages}`` (shared prefix = prompt) or
+  whole-dialogue strings;
+* HH-RLHF raw dialogues ``"\\n\\nHuman: ... \\n\\nAssistant: ..."``: the prompt is the shared prefix up
+  to the last ``\\n\\nAssistant:``, turned into chat messages;
+
+from ``.jsonl`` / ``.jsonl.gz`` / ``.json`` / ``.parquet`` files, the built-in data set (``builtin``,
+``builtin:train``, ``builtin:test``) and Hugging Face data set names (``hf:NAME`` or a name that is not a
+path; works offline from the cache). Every problem names the file, line and field.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence, Union
+
+from lldyn.errors import LldynError, Where
+
+Message = dict[str, str]
+Prompt = Union[str, list[Message]]
+HH_ASSISTANT = "\n\nAssistant:"
+HH_HUMAN = "\n\nHuman:"
+BUILTIN = "builtin"
+
+
+@dataclass(frozen=True)
+class PreferenceExample:
+    """One preference pair. ``extra`` keeps other string fields of the row (e.g. curated rephrases)."""
+
+    id: str
+    prompt: Prompt
+    chosen: str
+    rejected: str
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    where: Where = field(default=Where(), compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected,
+                **dict(self.extra)}
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """One supervised (prompt, response) example."""
+
+    id: str
+    prompt: Prompt
+    response: str
+    where: Where = field(default=Where(), compare=False, repr=False)
+
+
+# --------------------------------------------------------------------------- reading rows
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def read_rows(source: str | Path) -> Iterator[tuple[dict[str, Any], Where]]:
+    """Yield ``(row, where)`` from a JSONL(.gz), JSON (a list of objects) or Parquet file."""
+    path = Path(source)
+    if not path.exists():
+        raise LldynError("data file not found", file=str(path))
+    if path.is_dir():
+        raise LldynError("is a directory, not a data file", file=str(path),
+                         expected="a .jsonl, .json or .parquet file")
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        yield from _read_parquet(path)
+        return
+    if name.endswith((".json", ".json.gz")):
+        try:
+            with _open_text(path) as fh:
+                data = json.load(fh)
+        except json.JSONDecodeError as err:
+            raise LldynError(f"invalid JSON: {err.msg}", file=str(path), line=err.lineno) from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise LldynError(f"cannot read file: {err}", file=str(path)) from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise LldynError("a .json data file must hold a list of objects", file=str(path),
+                             expected="[{...}, {...}] or use .jsonl")
+        for i, row in enumerate(data):
+            where = Where(f"{path} item {i}", None)
+            if not isinstance(row, dict):
+                raise where.error(f"item is a {type(row).__name__}", expected="a JSON object")
+            yield row, where
+        return
+    if not name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+        raise LldynError("unknown data file format", file=str(path),
+                         expected="a .jsonl, .jsonl.gz, .json or .parquet file")
+    try:
+        with _open_text(path) as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                where = Where(str(path), lineno)
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise where.error(f"malformed JSON line: {err.msg} at column {err.colno}",
+                                      expected="one JSON object per line") from None
+                if not isinstance(row, dict):
+                    raise where.error(f"line holds a JSON {type(row).__name__}", expected="a JSON object")
+                yield row, where
+    except (OSError, UnicodeDecodeError, EOFError) as err:
+        raise LldynError(f"cannot read file: {err}", file=str(path)) from None
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[dict[str, Any], Where]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...
+        raise LldynError(f"cannot read Parquet file: {err}", file=str(path)) from None
+    for i, row in enumerate(table.to_pylist()):
+        yield row, Where(f"{path} row {i}", None)
+
+
+# --------------------------------------------------------------------------- field checks
+
+
+def _text(row: Mapping[str, Any], key: str, where: Where) -> str:
+    if key not in row:
+        raise where.error("missing field", field=key, expected="a non-empty string")
+    value = row[key]
+    if not isinstance(value, str):
+        raise where.error(f"got {type(value).__name__}", field=key, expected="a non-empty string")
+    if not value.strip():
+        raise where.error("empty text", field=key, expected="a non-empty string")
+    return value
+
+
+def _messages(value: Any, key: str, where: Where) -> list[Message]:
+    if not isinstance(value, list) or not value:
+        raise where.error(f"got {type(value).__name__}", field=key, expected="a non-empty list of chat messages")
+    out = []
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) or not isinstance(msg.get("content"), str):
+            raise where.error("bad chat message", field=f"{key}[{i}]",
+                              expected='{"role": "user|assistant|system", "content": "..."}')
+        out.append({"role": msg["role"], "content": msg["content"]})
+    return out
+
+
+def _prompt(value: Any, where: Where, key: str = "prompt") -> Prompt:
+    if isinstance(value, str):
+        if not value.strip():
+            raise where.error("empty text", field=key, expected="a non-empty string or chat messages")
+        return value
+    if isinstance(value, list):
+        return _messages(value, key, where)
+    raise where.error(f"got {type(value).__name__}", field=key, expected="a string or a list of chat messages")
+
+
+def _response(value: Any, key: str, where: Where) -> str:
+    """A response is text, or a list of messages whose last one is the assistant's reply."""
+    if isinstance(value, list):
+        msgs = _messages(value, key, where)
+        if msgs[-1]["role"] != "assistant":
+            raise where.error("last message is not the assistant's", field=key, expected="an assistant reply")
+        text = msgs[-1]["content"]
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise where.error(f"got {type(value).__name__}", field=key, expected="a string or chat messages")
+    if not text.strip():
+        raise where.error("empty response", field=key, expected="a non-empty string")
+    return text
+
+
+def parse_hh_dialogue(text: str, where: Where, key: str) -> tuple[list[Message], str]:
+    """Split an HH-RLHF dialogue into (prompt messages, final assistant response).
+
+    The prompt is everything up to the last ``\\n\\nAssistant:``; turns alternate ``Human``/``Assistant``.
+    """
+    cut = text.rfind(HH_ASSISTANT)
+    if cut < 0:
+        raise where.error("no '\\n\\nAssistant:' turn", field=key, expected="an HH-RLHF dialogue")
+    head, response = text[:cut], text[cut + len(HH_ASSISTANT):].strip()
+    messages: list[Message] = []
+    for chunk in head.split(HH_HUMAN):
+        if not chunk.strip():
+            continue
+        parts = chunk.split(HH_ASSISTANT)
+        messages.append({"role": "user", "content": parts[0].strip()})
+        messages.extend({"role": "assistant", "content": p.strip()} for p in parts[1:])
+    if not messages or messages[0]["role"] != "user":
+        raise where.error("dialogue does not start with a Human turn", field=key, expected="an HH-RLHF dialogue")
+    return messages, response
+
+
+def _row_id(row: Mapping[str, Any], where: Where, index: int, stem: str) -> str:
+    value = row.get("id")
+    if value is None:
+        return f"{stem}-{index}"
+    if not isinstance(value, (str, int)) or (isinstance(value, str) and not value.strip()):
+        raise where.error(f"bad id {value!r}", field="id", expected="a non-empty string or integer")
+    return str(value)
+
+
+def parse_preference_row(row: Mapping[str, Any], where: Where, index: int = 0, stem: str = "ex") -> PreferenceExample:
+    """One preference row in any supported format → :class:`PreferenceExample`."""
+    for key in ("chosen", "rejected"):
+        if key not in row:
+            raise where.error("missing field", field=key, expected="a preference pair with 'chosen' and 'rejected'")
+    ex_id = _row_id(row, where, index, stem)
+    chosen_raw, rejected_raw = row["chosen"], row["rejected"]
+    if "prompt" in row:
+        prompt = _prompt(row["prompt"], where)
+        chosen = _response(chosen_raw, "chosen", where)
+        rejected = _response(rejected_raw, "rejected", where)
+    elif isinstance(chosen_raw, list) and isinstance(rejected_raw, list):
+        c = _messages(chosen_raw, "chosen", where)
+        r = _messages(rejected_raw, "rejected", where)
+        if c[:-1] != r[:-1] or len(c) < 2:
+            raise where.error("chosen and rejected do not share a prompt", field="chosen",
+                              expected="conversations that differ only in the last assistant message, or a 'prompt' field")
+        prompt = c[:-1]
+        chosen = _response(c, "chosen", where)
+        rejected = _response(r, "rejected", where)
+    elif isinstance(chosen_raw, str) and isinstance(rejected_raw, str):
+        if HH_ASSISTANT not in chosen_raw:
+            raise where.error("no prompt: add a 'prompt' field or use HH-RLHF dialogues", field="prompt",
+                              expected="a 'prompt' field, or '\\n\\nHuman: ... \\n\\nAssistant: ...' dialogues")
+        prompt, chosen = parse_hh_dialogue(chosen_raw, where, "chosen")
+        r_prompt, rejected = parse_hh_dialogue(rejected_raw, where, "rejected")
+        if r_prompt != prompt:
+            raise where.error("chosen and rejected dialogues have different prompts", field="rejected",
+                              expected="the same dialogue up to the last '\\n\\nAssistant:'")
+        if not chosen or not rejected:
+            raise where.error("empty final assistant turn", field="chosen" if not chosen else "rejected",
+                              expected="a non-empty response")
+    else:
+        raise where.error("chosen and rejected have different types", field="rejected",
+                          expected="both strings or both message lists")
+    extra = {k: v for k, v in row.items() if k not in ("id", "prompt", "chosen", "rejected") and isinstance(v, (str, int, float))}
+    return PreferenceExample(id=ex_id, prompt=prompt, chosen=chosen, rejected=rejected, extra=extra, where=where)
+
+
+def parse_sft_row(row: Mapping[str, Any], where: Where, index: int = 0, stem: str = "ex") -> SFTExample:
+    """``{prompt, response}``, TRL ``{prompt, completion}``, ``{messages}`` or a preference row (its chosen)."""
+    ex_id = _row_id(row, where, index, stem)
+    if "messages" in row:
+        msgs = _messages(row["messages"], "messages", where)
+        if len(msgs) < 2:
+            raise where.error("needs a prompt turn and an assistant reply", field="messages")
+        return SFTExample(ex_id, msgs[:-1], _response(msgs, "messages", where), where)
+    if "chosen" in row and "rejected" in row:
+        pref = parse_preference_row(row, where, index, stem)
+        return SFTExample(pref.id, pref.prompt, pref.chosen, where)
+    if "prompt" not in row:
+        raise where.error("missing field", field="prompt", expected="SFT data with 'prompt' and 'response'")
+    key = "response" if "response" in row else "completion" if "completion" in row else None
+    if key is None:
+        raise where.error("missing field", field="response", expected="SFT data with 'prompt' and 'response'")
+    return SFTExample(ex_id, _prompt(row["prompt"], where), _response(row[key], key, where), where)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def builtin_path() -> Path:
+    """The built-in preference data shipped in the package."""
+    return Path(str(resources.files("lldyn") / "builtin" / "preferences.jsonl"))
+
+
+def _hf_rows(name: str, split: str) -> Iterator[tuple[dict[str, Any], Where]]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as err:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ConnectionError)
+        raise LldynError(f"cannot load Hugging Face data set: {str(err).splitlines()[0]}", file=name,
+                         expected="a data set name in the local cache (offline) or a data file path") from None
+    for i, row in enumerate(ds):
+        yield dict(row), Where(f"{name}[{split}] row {i}", None)
+
+
+def _source_rows(source: str, split: str) -> tuple[Iterator[tuple[dict[str, Any], Where]], str, str | None]:
+    """Rows of ``source`` plus a stem for default ids and the split to filter on (built-in only)."""
+    if source == BUILTIN or source.startswith(BUILTIN + ":"):
+        want = source.partition(":")[2] or None
+        return read_rows(builtin_path()), "builtin", want
+    if source.startswith("hf:"):
+        return _hf_rows(source[3:], split), source[3:], None
+    path = Path(source).expanduser()
+    if path.exists() or any(source.endswith(s) for s in (".jsonl", ".json", ".parquet", ".gz", ".ndjson")):
+        return read_rows(path), path.name.split(".")[0], None
+    if "/" in source and not source.startswith((".", "/", "~")):
+        return _hf_rows(source, split), source, None
+    raise LldynError("data not found", file=source,
+                     expected="a data file (.jsonl/.json/.parquet), 'builtin[:train|:test]' or hf:NAME")
+
+
+def load_preferences(source: str, split: str = "train", limit: int | None = None) -> list[PreferenceExample]:
+    """Load preference pairs from ``source`` (see module docstring); at least one pair or an error."""
+    rows, stem, want_split = _source_rows(str(source), split)
+    out: list[PreferenceExample] = []
+    seen: dict[str, Where] = {}
+    for i, (row, where) in enumerate(rows):
+        if want_split is not None and row.get("split") != want_split:
+            continue
+        ex = parse_preference_row(row, where, i, stem)
+        if ex.id in seen:
+            raise where.error(f"duplicate id {ex.id!r} (first at {seen[ex.id].file}:{seen[ex.id].line})", field="id",
+                              expected="unique ids")
+        seen[ex.id] = where
+        out.append(ex)
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise LldynError("no preference pairs found (empty file?)", file=str(source),
+                         expected="at least one row with prompt, chosen and rejected")
+    return out
+
+
+def load_sft(source: str, split: str = "train", limit: int | None = None) -> list[SFTExample]:
+    """Load SFT examples from ``source``; preference data gives (prompt, chosen)."""
+    rows, stem, want_split = _source_rows(str(source), split)
+    out: list[SFTExample] = []
+    for i, (row, where) in enumerate(rows):
+        if want_split is not None and row.get("split") != want_split:
+            continue
+        out.append(parse_sft_row(row, where, i, stem))
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise LldynError("no SFT examples found (empty file?)", file=str(source),
+                         expected="at least one row with prompt and response")
+    return out
+
+
+def sft_from_preferences(pairs: Sequence[PreferenceExample], include_rejected: bool = False) -> list[SFTExample]:
+    """SFT examples (x, y+) — and (x, y−) too when ``include_rejected`` (the paper's *extend*)."""
+    out = [SFTExample(f"{p.id}/chosen", p.prompt, p.chosen, p.where) for p in pairs]
+    if include_rejected:
+        out += [SFTExample(f"{p.id}/rejected", p.prompt, p.rejected, p.where) for p in pairs]
+    return out
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """A readable one-string view of a prompt (the last user turn for chat prompts)."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    return users[-1] if users else prompt[-1]["content"]
