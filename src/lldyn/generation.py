@@ -1,0 +1,84 @@
+"""Sampling responses from a model (probes' initial samples, on-policy DPO, the judge).
+
+Prompts are encoded by the log-prob engine's encoder (same chat template, same truncation), left
+padded, and generated in batches; the returned text stops at EOS and has special tokens removed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from lldyn.config import check
+from lldyn.data import Prompt
+from lldyn.scoring import Encoder, ScoreConfig
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """max_new_tokens: response budget; do_sample False = greedy; seed makes sampling repeatable."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    template: bool = True
+    batch_size: int = 8
+    max_prompt_tokens: int | None = 512
+
+    def __post_init__(self) -> None:
+        check(self.max_new_tokens > 0, "max_new_tokens", f"must be > 0, got {self.max_new_tokens}", "a positive integer")
+        check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}", "a positive number")
+        check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}", "a number in (0, 1]")
+        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}", "a positive integer")
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[Prompt], config: GenerationConfig = GenerationConfig(),
+             progress: bool = False) -> list[str]:
+    """One response per prompt, in order. Greedy unless ``config.do_sample``."""
+    score_cfg = ScoreConfig(template=config.template, max_length=max(2, (config.max_prompt_tokens or 4096) + 1),
+                            max_prompt_tokens=config.max_prompt_tokens)
+    encoder = Encoder(tokenizer, score_cfg)
+    ids = []
+    for p in prompts:
+        full = encoder.prompt(p)
+        limit = config.max_prompt_tokens
+        ids.append(full[-limit:] if limit else full)
+    device = next(model.parameters()).device
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: list[str] = [""] * len(ids)
+    starts = range(0, len(order), config.batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="generating", unit="batch")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(config.seed)
+            for start in starts:
+                rows = order[start:start + config.batch_size]
+                L = max(len(ids[i]) for i in rows)
+                input_ids = torch.full((len(rows), L), tokenizer.pad_token_id, dtype=torch.long)
+                attention = torch.zeros((len(rows), L), dtype=torch.long)
+                for r, i in enumerate(rows):
+                    input_ids[r, L - len(ids[i]):] = torch.tensor(ids[i])
+                    attention[r, L - len(ids[i]):] = 1
+                kwargs: dict[str, Any] = dict(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
+                                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                if config.do_sample:
+                    kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=0)
+                else:
+                    kwargs.update(temperature=None, top_p=None, top_k=None)
+                gen = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+                for r, i in enumerate(rows):
+                    new = gen[r, L:].tolist()
+                    if tokenizer.eos_token_id in new:
+                        new = new[:new.index(tokenizer.eos_token_id)]
+                    out[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
+    finally:
+        model.train(was_training)
+    return out
