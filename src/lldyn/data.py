@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -32,6 +33,7 @@ Prompt = Union[str, list[Message]]
 HH_ASSISTANT = "\n\nAssistant:"
 HH_HUMAN = "\n\nHuman:"
 BUILTIN = "builtin"
+log = logging.getLogger("lldyn")
 
 
 @dataclass(frozen=True)
@@ -308,15 +310,34 @@ def _source_rows(source: str, split: str) -> tuple[Iterator[tuple[dict[str, Any]
                      expected="a data file (.jsonl/.json/.parquet), 'builtin[:train|:test]' or hf:NAME")
 
 
-def load_preferences(source: str, split: str = "train", limit: int | None = None) -> list[PreferenceExample]:
-    """Load preference pairs from ``source`` (see module docstring); at least one pair or an error."""
+def _warn_skipped(skipped: list[LldynError], source: str) -> None:
+    if skipped:
+        log.warning("%s: skipped %d invalid row(s); first: %s", source, len(skipped), skipped[0])
+
+
+def load_preferences(source: str, split: str = "train", limit: int | None = None,
+                     skip_invalid: bool = False) -> list[PreferenceExample]:
+    """Load preference pairs from ``source`` (see module docstring); at least one pair or an error.
+
+    A row with bad content (missing, empty or mistyped fields) is an error naming file, line and
+    field; with ``skip_invalid`` such rows are skipped and counted in a warning instead (real data
+    sets have a few: 6 of the 1,812 HH-RLHF test pairs have an empty or mismatched final turn).
+    Malformed files (bad JSON) are always an error.
+    """
     rows, stem, want_split = _source_rows(str(source), split)
     out: list[PreferenceExample] = []
     seen: dict[str, Where] = {}
+    skipped: list[LldynError] = []
     for i, (row, where) in enumerate(rows):
         if want_split is not None and row.get("split") != want_split:
             continue
-        ex = parse_preference_row(row, where, i, stem)
+        try:
+            ex = parse_preference_row(row, where, i, stem)
+        except LldynError as err:
+            if not skip_invalid:
+                raise
+            skipped.append(err)
+            continue
         if ex.id in seen:
             raise where.error(f"duplicate id {ex.id!r} (first at {seen[ex.id].file}:{seen[ex.id].line})", field="id",
                               expected="unique ids")
@@ -324,22 +345,32 @@ def load_preferences(source: str, split: str = "train", limit: int | None = None
         out.append(ex)
         if limit is not None and len(out) >= limit:
             break
+    _warn_skipped(skipped, str(source))
     if not out:
         raise LldynError("no preference pairs found (empty file?)", file=str(source),
                          expected="at least one row with prompt, chosen and rejected")
     return out
 
 
-def load_sft(source: str, split: str = "train", limit: int | None = None) -> list[SFTExample]:
-    """Load SFT examples from ``source``; preference data gives (prompt, chosen)."""
+def load_sft(source: str, split: str = "train", limit: int | None = None,
+             skip_invalid: bool = False) -> list[SFTExample]:
+    """Load SFT examples from ``source``; preference data gives (prompt, chosen). See :func:`load_preferences`."""
     rows, stem, want_split = _source_rows(str(source), split)
     out: list[SFTExample] = []
+    skipped: list[LldynError] = []
     for i, (row, where) in enumerate(rows):
         if want_split is not None and row.get("split") != want_split:
             continue
-        out.append(parse_sft_row(row, where, i, stem))
+        try:
+            out.append(parse_sft_row(row, where, i, stem))
+        except LldynError as err:
+            if not skip_invalid:
+                raise
+            skipped.append(err)
+            continue
         if limit is not None and len(out) >= limit:
             break
+    _warn_skipped(skipped, str(source))
     if not out:
         raise LldynError("no SFT examples found (empty file?)", file=str(source),
                          expected="at least one row with prompt and response")

@@ -9,10 +9,10 @@ parts and the per-example *residual coefficients*
 Because ∂ log π(y|x) / ∂z_t = e_{y_t} − π_t at every response position t, the loss residual on the
 logits (the paper's G, Sec. 3 eq. (4)/(5)) is, position by position,
 
-    G_t = ∂L/∂z_t = −c · (e_{y_t} − π_t) = c · (π_t − e_{y_t}).
+    G_t = ∂L/∂z_t = c · (e_{y_t} − π_t).
 
 SFT: c = −1, so G = π − e_y. DPO: c+ = −β(1−σ(β·m)), c− = +β(1−σ(β·m)), so
-G± = ±β(1−σ(β·m))·(π − e_y±) with opposite signs for y+ and y− (paper eq. (6)).
+G+ = β(1−σ(β·m))·(π − e_y+) and G− = −β(1−σ(β·m))·(π − e_y−): opposite signs (paper eq. (6)).
 The decomposition code reads G from these coefficients, never re-deriving it.
 """
 from __future__ import annotations
@@ -180,15 +180,15 @@ def preference_loss(kind: str, policy_chosen_logps: torch.Tensor, policy_rejecte
 
 
 def token_residual(logits: torch.Tensor, targets: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-    """The residual G on logits at each position: G = c·(softmax(z) − e_y).
+    """The residual G on logits at each position: G = ∂L/∂z = c·(e_y − softmax(z)).
 
     Args:
         logits: (N, V) logits z at N positions (response tokens, or classifier outputs).
         targets: (N,) target token ids y.
         coef: (N,) residual coefficient c of each position (c = −1 for cross-entropy / SFT).
     Returns:
-        (N, V) G = ∂L/∂z.
+        (N, V) G = ∂L/∂z; for cross-entropy (c = −1) this is π − e_y.
     """
-    probs = torch.softmax(logits.float(), dim=-1)
+    probs = torch.softmax(logits, dim=-1)
     onehot = F.one_hot(targets, probs.shape[-1]).to(probs.dtype)
-    return coef.to(probs.dtype)[:, None] * (probs - onehot)
+    return coef.to(probs.dtype)[:, None] * (onehot - probs)

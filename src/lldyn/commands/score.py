@@ -15,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--max-prompt-tokens", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
+    p.add_argument("--skip-invalid", action="store_true", help="skip rows with empty/missing fields (counted)")
     p.add_argument("--per-token", action="store_true", help="also write per-token log-probs")
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(run=run)
@@ -57,11 +58,11 @@ def _requests(args, load_preferences, load_sft):
     from lldyn.errors import LldynError
 
     try:
-        pairs = load_preferences(args.data, args.split, args.limit)
+        pairs = load_preferences(args.data, args.split, args.limit, skip_invalid=args.skip_invalid)
     except LldynError as pref_err:
-        if pref_err.field not in ("chosen", "rejected"):
-            raise
-        examples = load_sft(args.data, args.split, args.limit)
+        if not (pref_err.field == "chosen" and pref_err.message == "missing field"):
+            raise  # preference data with a problem; only rows without 'chosen' are read as SFT data
+        examples = load_sft(args.data, args.split, args.limit, skip_invalid=args.skip_invalid)
         return ([(e.prompt, e.response, e.where) for e in examples], [(e.id, "response") for e in examples])
     reqs, keys = [], []
     for p in pairs:

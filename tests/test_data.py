@@ -1,0 +1,112 @@
+"""Data loaders: every supported format, and one clear error per kind of bad input."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from conftest import HH_PAIRS, requires_shared
+from lldyn.data import load_preferences, load_sft, parse_hh_dialogue, sft_from_preferences
+from lldyn.errors import LldynError, Where
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_trl_explicit_prompt_string_and_messages(tmp_path):
+    f = write_jsonl(tmp_path / "d.jsonl", [
+        {"prompt": "Q?", "chosen": "yes", "rejected": "no"},
+        {"id": "b", "prompt": [{"role": "user", "content": "Q2?"}],
+         "chosen": [{"role": "assistant", "content": "A"}], "rejected": [{"role": "assistant", "content": "B"}]},
+    ])
+    a, b = load_preferences(str(f))
+    assert (a.id, a.prompt, a.chosen, a.rejected) == ("d-0", "Q?", "yes", "no")
+    assert b.id == "b" and b.prompt == [{"role": "user", "content": "Q2?"}] and (b.chosen, b.rejected) == ("A", "B")
+
+
+def test_trl_implicit_prompt_conversations(tmp_path):
+    conv = [{"role": "user", "content": "hi"}]
+    f = write_jsonl(tmp_path / "d.jsonl", [{"chosen": conv + [{"role": "assistant", "content": "hello"}],
+                                             "rejected": conv + [{"role": "assistant", "content": "go away"}]}])
+    (ex,) = load_preferences(str(f))
+    assert ex.prompt == conv and ex.chosen == "hello" and ex.rejected == "go away"
+
+
+def test_hh_dialogue_prompt_is_shared_prefix_up_to_last_assistant():
+    text = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour and water."
+    msgs, resp = parse_hh_dialogue(text, Where("x", 1), "chosen")
+    assert msgs == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                    {"role": "user", "content": "How do I bake bread?"}]
+    assert resp == "Mix flour and water."
+
+
+@requires_shared
+def test_real_hh_rlhf_file_loads(caplog):
+    with pytest.raises(LldynError, match=r"harmless-base-test.jsonl.gz:87, field 'chosen': empty final assistant turn"):
+        load_preferences(str(HH_PAIRS))
+    pairs = load_preferences(str(HH_PAIRS), skip_invalid=True)
+    assert len(pairs) == 1806 and "skipped 6 invalid row(s)" in caplog.text
+    assert all(p.chosen.strip() and p.rejected.strip() and p.prompt[-1]["role"] == "user" for p in pairs[:200])
+
+
+def test_json_parquet_and_gz(tmp_path):
+    rows = [{"prompt": "p", "chosen": "c", "rejected": "r"}]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    assert load_preferences(str(tmp_path / "d.json"))[0].chosen == "c"
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt") as fh:
+        fh.write(json.dumps(rows[0]) + "\n")
+    assert load_preferences(str(tmp_path / "d.jsonl.gz"))[0].rejected == "r"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    assert load_preferences(str(tmp_path / "d.parquet"))[0].prompt == "p"
+
+
+def test_sft_formats_and_extend(tmp_path):
+    f = write_jsonl(tmp_path / "s.jsonl", [
+        {"prompt": "p", "response": "r"}, {"prompt": "p2", "completion": "c2"},
+        {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]},
+    ])
+    a, b, c = load_sft(str(f))
+    assert (a.response, b.response, c.response, c.prompt) == ("r", "c2", "a", [{"role": "user", "content": "u"}])
+    pairs = load_preferences(str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"}])))
+    ext = sft_from_preferences(pairs, include_rejected=True)
+    assert [e.response for e in ext] == ["c", "r"]
+
+
+@pytest.mark.parametrize("line, field, expect", [
+    ('{"prompt": "p", "chosen": "c"', None, "malformed JSON line"),
+    ('{"prompt": "p", "rejected": "r"}', "chosen", "missing field"),
+    ('{"prompt": "p", "chosen": "", "rejected": "r"}', "chosen", "empty"),
+    ('{"prompt": "p", "chosen": 3, "rejected": "r"}', "chosen", "got int"),
+    ('{"prompt": 5, "chosen": "c", "rejected": "r"}', "prompt", "got int"),
+    ('{"prompt": "  ", "chosen": "c", "rejected": "r"}', "prompt", "empty"),
+    ('{"chosen": "plain text", "rejected": "other"}', "prompt", "no prompt"),
+    ('[1, 2]', None, "JSON list"),
+])
+def test_bad_rows_name_file_line_field(tmp_path, line, field, expect):
+    f = write_jsonl(tmp_path / "bad.jsonl", ['{"prompt": "ok", "chosen": "a", "rejected": "b"}', line])
+    with pytest.raises(LldynError) as err:
+        load_preferences(str(f))
+    msg = str(err.value)
+    assert f"{f}:2" in msg and expect in msg
+    if field:
+        assert f"field '{field}'" in msg
+
+
+def test_empty_unknown_missing_and_duplicate(tmp_path):
+    (tmp_path / "e.jsonl").write_text("\n")
+    with pytest.raises(LldynError, match="no preference pairs"):
+        load_preferences(str(tmp_path / "e.jsonl"))
+    (tmp_path / "d.csv").write_text("a,b\n")
+    with pytest.raises(LldynError, match="unknown data file format"):
+        load_preferences(str(tmp_path / "d.csv"))
+    with pytest.raises(LldynError, match="data file not found"):
+        load_preferences(str(tmp_path / "nope.jsonl"))
+    f = write_jsonl(tmp_path / "dup.jsonl", [{"id": "x", "prompt": "p", "chosen": "c", "rejected": "r"}] * 2)
+    with pytest.raises(LldynError, match="duplicate id 'x'"):
+        load_preferences(str(f))

@@ -1,0 +1,50 @@
+"""Model loading: tiny model determinism, embedded GGUF alias, LoRA, and safety defaults."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import requires_smollm2
+from lldyn.errors import LldynError
+from lldyn.models import ModelConfig, build_tiny_model, load_model
+
+
+def test_tiny_model_is_deterministic_and_seeded():
+    a, b, c = build_tiny_model(0), build_tiny_model(0), build_tiny_model(1)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.lm_head.weight, c.lm_head.weight)
+
+
+def test_tiny_tokenizer_roundtrip_and_eos(tiny):
+    tok = tiny.tokenizer
+    assert tok.decode(tok("héllo, wörld")["input_ids"]) == "héllo, wörld"
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token_id == tok.eos_token_id
+
+
+def test_lora_wraps_and_trains_only_adapters():
+    lm = load_model(ModelConfig(name="tiny-random-llama", lora_r=2))
+    trainable = [n for n, p in lm.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora" in n for n in trainable)
+
+
+def test_bad_model_specs(tmp_path):
+    with pytest.raises(LldynError, match="unknown model"):
+        load_model(ModelConfig(name="definitely-not-a-model"))
+    (tmp_path / "d").mkdir()
+    with pytest.raises(LldynError, match="no config.json"):
+        load_model(ModelConfig(name=str(tmp_path / "d")))
+    with pytest.raises(LldynError, match="unknown dtype"):
+        ModelConfig(dtype="float8")
+
+
+def test_trust_remote_code_is_off_by_default():
+    assert ModelConfig().trust_remote_code is False
+
+
+@requires_smollm2
+@pytest.mark.slow
+def test_embedded_smollm2_loads_offline_as_float32_llama(smollm2):
+    model, tok = smollm2.model, smollm2.tokenizer
+    assert model.dtype == torch.float32 and type(model).__name__ == "LlamaForCausalLM"
+    assert 134_000_000 < sum(p.numel() for p in model.parameters()) < 135_000_000
+    assert tok.eos_token == "<|im_end|>" and tok.bos_token_id not in tok("hi", add_special_tokens=True)["input_ids"]
