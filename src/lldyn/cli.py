@@ -15,7 +15,9 @@ from lldyn.errors import LldynError
 
 # Order is the order shown by ``lldyn --help``.
 COMMANDS: tuple[str, ...] = (
+    "mnist",
     "score",
+    "squeeze_toy",
 )
 
 
