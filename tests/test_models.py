@@ -6,7 +6,7 @@ import torch
 
 from conftest import requires_smollm2
 from lldyn.errors import LldynError
-from lldyn.models import ModelConfig, build_tiny_model, load_model
+from lldyn.models import ModelConfig, build_tiny_model, build_tiny_tokenizer, load_model
 
 
 def test_tiny_model_is_deterministic_and_seeded():
@@ -48,3 +48,16 @@ def test_embedded_smollm2_loads_offline_as_float32_llama(smollm2):
     assert model.dtype == torch.float32 and type(model).__name__ == "LlamaForCausalLM"
     assert 134_000_000 < sum(p.numel() for p in model.parameters()) < 135_000_000
     assert tok.eos_token == "<|im_end|>" and tok.bos_token_id not in tok("hi", add_special_tokens=True)["input_ids"]
+
+
+def test_pickle_weights_are_never_loaded(tmp_path):
+    """A model directory holding only pickled weights (pytorch_model.bin) is refused: safetensors/GGUF only."""
+    model = build_tiny_model(0)
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickle: could run code when loaded
+    with pytest.raises(LldynError, match="cannot load model"):
+        load_model(ModelConfig(name=str(tmp_path)))
+    model.save_pretrained(tmp_path / "safe")
+    build_tiny_tokenizer().save_pretrained(tmp_path / "safe")
+    loaded = load_model(ModelConfig(name=str(tmp_path / "safe")))
+    assert torch.equal(loaded.model.lm_head.weight, model.lm_head.weight)
