@@ -58,8 +58,8 @@ class ScoreConfig:
     system_prompt: str | None = None
     max_length: int = 1024
     max_prompt_tokens: int | None = None
-    batch_tokens: int = 8192
-    max_batch: int = 64
+    batch_tokens: int = 4096
+    max_batch: int = 32
     prefix_sharing: bool = True
     chunk_size: int = 512
 
@@ -216,13 +216,19 @@ def token_stats(head: Callable, hidden: torch.Tensor, targets: torch.Tensor, mas
     for start in range(0, flat.numel(), chunk_size):
         h, y = h_all[start:start + chunk_size], y_all[start:start + chunk_size]
         if with_stats:
-            logp = torch.log_softmax(head(h).float(), dim=-1)
-            pieces.append(logp.gather(-1, y[:, None]).squeeze(-1))
-            with torch.no_grad():
-                best, best_id = logp.max(-1)
-                top1.append(best)
+            logits = head(h).float()
+            with torch.no_grad():  # one exp pass gives the normaliser, top-1 and entropy together
+                best, best_id = logits.max(-1)
+                e = torch.exp(logits - best[:, None])
+                z = e.sum(-1)
+                lse = best + torch.log(z)
+                top1.append(best - lse)
                 argmax.append(best_id)
-                entropy.append(-(logp.exp() * logp).sum(-1))
+                entropy.append(lse - (e * logits).sum(-1) / z)
+            if torch.is_grad_enabled():
+                pieces.append(logits.gather(-1, y[:, None]).squeeze(-1) - logits.logsumexp(-1))
+            else:
+                pieces.append(logits.gather(-1, y[:, None]).squeeze(-1) - lse)
         elif checkpoint and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint as ckpt
 
@@ -350,70 +356,117 @@ class ScoreResult(NamedTuple):
         return self.logp / max(self.n_tokens, 1)
 
 
-def _batches(groups: list[tuple[tuple[int, ...], list[int]]], lengths: Sequence[int], config: ScoreConfig):
-    """Pack prompt groups (sorted by length) into batches under the padded-token budget."""
+def _prompt_batches(groups: list[tuple[tuple[int, ...], list[int]]], config: ScoreConfig):
+    """Pack prompt groups (sorted by prompt length) so that one prompt forward stays within budget."""
     batch: list[tuple[tuple[int, ...], list[int]]] = []
-    max_p = max_r = rows = 0
-    for prompt_ids, members in groups:
-        for start in range(0, len(members), config.max_batch):
-            part = members[start:start + config.max_batch]
-            new_p = max(max_p, len(prompt_ids))
-            new_r = max(max_r, max(lengths[i] for i in part))
-            new_rows = rows + len(part)
-            cost = (len(batch) + 1) * new_p + new_rows * (new_p + new_r)
-            if batch and (cost > config.batch_tokens or new_rows > config.max_batch):
-                yield batch
-                batch, new_p, new_r, new_rows = [], len(prompt_ids), max(lengths[i] for i in part), len(part)
-            batch.append((prompt_ids, part))
-            max_p, max_r, rows = new_p, new_r, new_rows
+    for group in groups:
+        longest = max([len(group[0])] + [len(p) for p, _ in batch])
+        n_resp = sum(len(m) for _, m in batch) + len(group[1])
+        if batch and ((len(batch) + 1) * longest > config.batch_tokens or n_resp > 4 * config.max_batch):
+            yield batch
+            batch = []
+        batch.append(group)
     if batch:
         yield batch
 
 
-def _shared_prefix_stats(model: Any, batch: list[tuple[tuple[int, ...], list[int]]],
-                         encoded: Sequence[EncodedPair], pad_id: int, chunk_size: int) -> tuple[list[int], TokenStats]:
-    """One prompt forward (left-padded, cached) + one response forward for every response in ``batch``."""
+def _length_chunks(rows: list[int], cost: Callable[[int, int], int], config: ScoreConfig):
+    """Split ``rows`` (sorted by length) into chunks with ``cost(n_rows, longest_row)`` ≤ budget."""
+    chunk: list[int] = []
+    for i in rows:
+        if chunk and (len(chunk) >= config.max_batch or cost(len(chunk) + 1, i) > config.batch_tokens):
+            yield chunk
+            chunk = []
+        chunk.append(i)
+    if chunk:
+        yield chunk
+
+
+class _PromptState(NamedTuple):
+    """The cached forward pass of G left-padded prompts: per-layer keys/values (G, heads, Lp, d),
+    the last position's hidden state (G, H) and the prompts' attention mask (G, Lp)."""
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    last_hidden: torch.Tensor
+    mask: torch.Tensor
+
+
+def _prompt_forward(model: Any, prompts: Sequence[tuple[int, ...]], pad_id: int) -> _PromptState | None:
     device = next(model.parameters()).device
-    body = model.get_decoder()
-    G = len(batch)
-    Lp = max(len(p) for p, _ in batch)
-    p_ids = torch.full((G, Lp), pad_id, dtype=torch.long)
-    p_att = torch.zeros((G, Lp), dtype=torch.long)
-    for g, (prompt_ids, _) in enumerate(batch):
-        p_ids[g, Lp - len(prompt_ids):] = torch.tensor(prompt_ids)
-        p_att[g, Lp - len(prompt_ids):] = 1
-    p_pos = (p_att.cumsum(-1) - 1).clamp(min=0)
-    out = body(input_ids=p_ids.to(device), attention_mask=p_att.to(device), position_ids=p_pos.to(device),
-               use_cache=True)
-    cache = out.past_key_values
-    last_hidden = out.last_hidden_state[:, -1]  # (G, H) predicts each response's first token
-
-    order = [i for _, members in batch for i in members]
-    owner = torch.tensor([g for g, (_, members) in enumerate(batch) for _ in members], dtype=torch.long)
-    R = len(order)
-    Lr = max(len(encoded[i].response_ids) for i in order)
-    r_ids = torch.full((R, Lr), pad_id, dtype=torch.long)
-    r_att = torch.zeros((R, Lr), dtype=torch.long)
-    for row, i in enumerate(order):
-        resp = encoded[i].response_ids
-        r_ids[row, :len(resp)] = torch.tensor(resp)
-        r_att[row, :len(resp)] = 1
-    p_len = p_att.sum(-1)[owner]
-    r_pos = p_len[:, None] + torch.arange(Lr)[None, :]
-    cache.reorder_cache(owner.to(device))  # (G, ...) → (R, ...): each response row gets its prompt's keys/values
-    att = torch.cat([p_att[owner], r_att], dim=1)
-    hidden = body(input_ids=r_ids.to(device), attention_mask=att.to(device), position_ids=r_pos.to(device),
-                  past_key_values=cache, use_cache=True).last_hidden_state  # (R, Lr, H)
-    aligned = torch.cat([last_hidden[owner.to(device)][:, None], hidden[:, :-1]], dim=1)
-    stats = token_stats(output_head(model), aligned, r_ids.to(device), r_att.bool().to(device), True, chunk_size)
-    return order, stats
+    G, Lp = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((G, Lp), pad_id, dtype=torch.long)
+    att = torch.zeros((G, Lp), dtype=torch.long)
+    for g, prompt_ids in enumerate(prompts):
+        ids[g, Lp - len(prompt_ids):] = torch.tensor(prompt_ids)
+        att[g, Lp - len(prompt_ids):] = 1
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    out = model.get_decoder()(input_ids=ids.to(device), attention_mask=att.to(device), position_ids=pos.to(device),
+                              use_cache=True)
+    layers = getattr(out.past_key_values, "layers", None)
+    if not layers or not all(hasattr(layer, "keys") for layer in layers):
+        return None  # a cache lldyn cannot slice (e.g. recurrent state): score full sequences instead
+    return _PromptState([(layer.keys, layer.values) for layer in layers], out.last_hidden_state[:, -1], att)
 
 
-def _full_sequence_stats(model: Any, batch: list[tuple[tuple[int, ...], list[int]]],
-                         encoded: Sequence[EncodedPair], pad_id: int, chunk_size: int) -> tuple[list[int], TokenStats]:
-    order = [i for _, members in batch for i in members]
-    tb = collate([encoded[i] for i in order], pad_id).to(next(model.parameters()).device)
-    return order, sequence_logps(model, tb, with_stats=True, chunk_size=chunk_size)
+def _response_forward(model: Any, state: _PromptState, owner: torch.Tensor,
+                      responses: Sequence[tuple[int, ...]], pad_id: int, chunk_size: int) -> TokenStats:
+    """Score ``responses`` (R of them, right-padded) continuing the cached prompts ``owner`` (R,)."""
+    from transformers import DynamicCache
+
+    device = state.last_hidden.device
+    owner = owner.to(device)
+    R, Lr = len(responses), max(len(r) for r in responses)
+    ids = torch.full((R, Lr), pad_id, dtype=torch.long)
+    att = torch.zeros((R, Lr), dtype=torch.long)
+    for row, resp in enumerate(responses):
+        ids[row, :len(resp)] = torch.tensor(resp)
+        att[row, :len(resp)] = 1
+    ids, att = ids.to(device), att.to(device)
+    cache = DynamicCache()
+    for layer, (k, v) in enumerate(state.kv):  # each response row gets its own prompt's keys/values
+        cache.update(k.index_select(0, owner), v.index_select(0, owner), layer)
+    prompt_mask = state.mask.to(device).index_select(0, owner)
+    pos = prompt_mask.sum(-1, keepdim=True) + torch.arange(Lr, device=device)[None, :]
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=torch.cat([prompt_mask, att], dim=1), position_ids=pos,
+                                 past_key_values=cache, use_cache=True).last_hidden_state  # (R, Lr, H)
+    aligned = torch.cat([state.last_hidden.index_select(0, owner)[:, None], hidden[:, :-1]], dim=1)
+    return token_stats(output_head(model), aligned, ids, att.bool(), True, chunk_size)
+
+
+def _stats_batches(model: Any, encoded: Sequence[EncodedPair], pad_id: int, config: ScoreConfig):
+    """Yield ``(indices, TokenStats)`` covering every pair once.
+
+    With prefix sharing: prompts are batched and run once; their responses, sorted by length across
+    the whole prompt batch (little padding), run in chunks that each slice the cached keys/values.
+    Without it (or for a model whose cache cannot be sliced): full sequences in length buckets.
+    """
+    lengths = [len(p.response_ids) for p in encoded]
+    total = [len(p.prompt_ids) + n for p, n in zip(encoded, lengths)]
+    if config.prefix_sharing:
+        by_prompt: dict[tuple[int, ...], list[int]] = {}
+        for i, pair in enumerate(encoded):
+            by_prompt.setdefault(pair.prompt_ids, []).append(i)
+        groups = sorted(by_prompt.items(), key=lambda g: len(g[0]))
+        for batch in _prompt_batches(groups, config):
+            state = _prompt_forward(model, [p for p, _ in batch], pad_id)
+            members = sorted((i for _, m in batch for i in m), key=lambda i: lengths[i])
+            if state is None:
+                for chunk in _length_chunks(members, lambda n, i: n * total[i], config):
+                    yield chunk, sequence_logps(model, collate([encoded[i] for i in chunk], pad_id).to(
+                        next(model.parameters()).device), with_stats=True, chunk_size=config.chunk_size)
+                continue
+            owner_of = {i: g for g, (_, m) in enumerate(batch) for i in m}
+            Lp = state.mask.shape[1]
+            for chunk in _length_chunks(members, lambda n, i: n * (Lp + lengths[i]), config):
+                owner = torch.tensor([owner_of[i] for i in chunk], dtype=torch.long)
+                yield chunk, _response_forward(model, state, owner, [encoded[i].response_ids for i in chunk],
+                                               pad_id, config.chunk_size)
+    else:
+        order = sorted(range(len(encoded)), key=lambda i: total[i])
+        device = next(model.parameters()).device
+        for chunk in _length_chunks(order, lambda n, i: n * total[i], config):
+            yield chunk, sequence_logps(model, collate([encoded[i] for i in chunk], pad_id).to(device),
+                                        with_stats=True, chunk_size=config.chunk_size)
 
 
 def score(model: Any, tokenizer: Any, requests: Sequence[ScoreRequest], config: ScoreConfig = ScoreConfig(),
@@ -427,28 +480,22 @@ def score(model: Any, tokenizer: Any, requests: Sequence[ScoreRequest], config: 
 def score_encoded(model: Any, encoded: Sequence[EncodedPair], pad_id: int, config: ScoreConfig = ScoreConfig(),
                   per_token: bool = False, progress: bool = False) -> list[ScoreResult]:
     """:func:`score` on already-encoded pairs."""
-    by_prompt: dict[tuple[int, ...], list[int]] = {}
-    for i, pair in enumerate(encoded):
-        by_prompt.setdefault(pair.prompt_ids, []).append(i)
-    lengths = [len(p.response_ids) for p in encoded]
-    groups = sorted(((p, sorted(m, key=lambda i: lengths[i])) for p, m in by_prompt.items()),
-                    key=lambda g: (len(g[0]), max(lengths[i] for i in g[1])))
-    run = _shared_prefix_stats if config.prefix_sharing else _full_sequence_stats
     results: list[ScoreResult | None] = [None] * len(encoded)
-    batches = list(_batches(groups, lengths, config))
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="scoring", unit="batch")
+        bar = tqdm(total=len(encoded), desc="scoring", unit="resp")
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for batch in batches:
-                order, st = run(model, batch, encoded, pad_id, config.chunk_size)
+            for order, st in _stats_batches(model, encoded, pad_id, config):
                 logps, n_tok = st.logps.cpu(), st.n_tokens.cpu()
                 top1 = st.top1_logps.cpu()
                 ent, arg, tok = st.entropies.cpu(), st.argmax_ids.cpu(), st.token_logps.cpu()
+                if bar is not None:
+                    bar.update(len(order))
                 for row, i in enumerate(order):
                     n = int(n_tok[row])
                     top1_row = top1[row, :n]
@@ -463,6 +510,8 @@ def score_encoded(model: Any, encoded: Sequence[EncodedPair], pad_id: int, confi
                     )
     finally:
         model.train(was_training)
+        if bar is not None:
+            bar.close()
     return results  # type: ignore[return-value]
 
 

@@ -1,0 +1,135 @@
+"""Benchmark: the log-prob engine vs the reference-repo style and vs a bare batched forward.
+
+On SmolLM2-135M-Instruct with 64 prompts × 13 responses each (built-in data: each prompt's chosen and
+rejected plus 11 responses borrowed from other prompts), measures responses scored per second by
+
+  lldyn  — lldyn.scoring.score (length buckets, prefix sharing, chunked head),
+  (a)    — the reference-repo style: batch 1, full logits, full log-softmax, one forward per response,
+  (b)    — a bare batched model forward over the same full prompt+response sequences (no log-prob work),
+
+checks lldyn agrees with (a), and measures peak memory (RSS above the loaded model, each workload in a
+fresh subprocess) of scoring vs the bare forward at sequence length 512. Goals (issue 3): ≥ 8× (a),
+≥ 1.0× (b), memory ≤ 1.3× (b). Prints every number and ratio; asserts nothing.
+
+    python bench/scoring.py [--prompts 64] [--per-prompt 13]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from lldyn.data import load_preferences  # noqa: E402
+from lldyn.models import ModelConfig, load_model  # noqa: E402
+from lldyn.scoring import Encoder, ScoreConfig, ScoreRequest, score  # noqa: E402
+from lldyn.testing import naive_logp  # noqa: E402
+
+
+def build_requests(n_prompts: int, per_prompt: int) -> list[ScoreRequest]:
+    pairs = load_preferences("builtin")
+    pairs = pairs[: max(n_prompts, per_prompt)]
+    pool = [r for p in pairs for r in (p.chosen, p.rejected)]
+    reqs = []
+    for i, p in enumerate(pairs[:n_prompts]):
+        others = [pool[(2 * i + 2 + k) % len(pool)] for k in range(per_prompt - 2)]
+        reqs += [ScoreRequest(p.prompt, r) for r in [p.chosen, p.rejected, *others]]
+    return reqs
+
+
+def bare_forward(model, pairs, pad_id: int, batch: int = 32) -> None:
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt_ids) + len(pairs[i].response_ids))
+    with torch.no_grad():
+        for s in range(0, len(order), batch):
+            seqs = [list(pairs[i].prompt_ids) + list(pairs[i].response_ids) for i in order[s:s + batch]]
+            L = max(map(len, seqs))
+            ids = torch.full((len(seqs), L), pad_id)
+            att = torch.zeros((len(seqs), L), dtype=torch.long)
+            for r, q in enumerate(seqs):
+                ids[r, :len(q)], att[r, :len(q)] = torch.tensor(q), 1
+            model(input_ids=ids, attention_mask=att)
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def memory_child(kind: str) -> None:
+    """Run one workload at sequence length 512 and print the peak RSS growth (MiB) over the loaded model."""
+    lm = load_model(ModelConfig())
+    tok = lm.tokenizer
+    pairs = load_preferences("builtin")[:8]
+    enc = Encoder(tok, ScoreConfig(max_length=2048))
+    filler = " ".join(["The weather was mild and the market was busy."] * 60)
+    encoded = []
+    for p in pairs:
+        prompt_ids = enc.prompt(filler + " " + str(p.prompt))[-448:]
+        resp = (enc.pair(p.prompt, p.chosen + " " + filler).response_ids)[:64]
+        encoded.append(type(enc.pair("a", "b"))(tuple(prompt_ids), tuple(resp)))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if kind == "score":
+        from lldyn.scoring import score_encoded
+
+        score_encoded(lm.model, encoded, tok.pad_token_id, ScoreConfig(max_length=2048))
+    else:
+        bare_forward(lm.model, encoded, tok.pad_token_id, batch=8)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"kind": kind, "peak_growth_mib": (peak - base) / 1024}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--per-prompt", type=int, default=13)
+    ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child)
+        return
+    lm = load_model(ModelConfig())
+    model, tok = lm.model, lm.tokenizer
+    reqs = build_requests(args.prompts, args.per_prompt)
+    enc = Encoder(tok, ScoreConfig())
+    pairs = [enc.pair(r.prompt, r.response) for r in reqs]
+    n = len(reqs)
+    tokens = sum(len(p.prompt_ids) + len(p.response_ids) for p in pairs)
+    print(f"SmolLM2-135M-Instruct, {args.prompts} prompts x {args.per_prompt} responses = {n} responses, "
+          f"{tokens} tokens, torch threads {torch.get_num_threads()}")
+
+    score(model, tok, reqs[:26])  # warm-up
+    results = []
+    t_lldyn = timed(lambda: results.extend(score(model, tok, reqs)))
+    t_bare = timed(lambda: bare_forward(model, pairs, tok.pad_token_id))
+    sub = list(range(0, n, max(1, n // 104)))  # (a) is slow: time a spread sample and scale
+    ref = {}
+    t_ref_sample = timed(lambda: ref.update({i: naive_logp(model, pairs[i]) for i in sub}))
+    t_ref = t_ref_sample * n / len(sub)
+    diff = max(abs(results[i].logp - ref[i][0]) / max(1.0, abs(ref[i][0])) for i in sub)
+
+    print(f"lldyn score          : {t_lldyn:8.2f} s  {n / t_lldyn:8.1f} responses/s")
+    print(f"(a) reference style  : {t_ref:8.2f} s  {n / t_ref:8.1f} responses/s (timed on {len(sub)} responses, scaled)")
+    print(f"(b) bare forward     : {t_bare:8.2f} s  {n / t_bare:8.1f} responses/s")
+    print(f"speed-up vs (a)      : {t_ref / t_lldyn:6.2f}x   (goal >= 8x)")
+    print(f"speed vs (b)         : {t_bare / t_lldyn:6.2f}x   (goal >= 1.0x)")
+    print(f"max relative |logp - reference| over the sample: {diff:.2e}")
+
+    mem = {}
+    for kind in ("score", "bare"):
+        out = subprocess.run([sys.executable, __file__, "--memory-child", kind], capture_output=True, text=True,
+                             check=True).stdout.strip().splitlines()[-1]
+        mem[kind] = json.loads(out)["peak_growth_mib"]
+    print(f"peak memory @512 tokens, 8 sequences: lldyn {mem['score']:.0f} MiB, bare forward {mem['bare']:.0f} MiB, "
+          f"ratio {mem['score'] / mem['bare']:.2f} (goal <= 1.3)")
+
+
+if __name__ == "__main__":
+    main()
