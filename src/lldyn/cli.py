@@ -16,6 +16,8 @@ from lldyn.errors import LldynError
 # Order is the order shown by ``lldyn --help``.
 COMMANDS: tuple[str, ...] = (
     "mnist",
+    "probes",
+    "report",
     "score",
     "squeeze_toy",
 )

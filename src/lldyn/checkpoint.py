@@ -1,0 +1,159 @@
+"""Checkpoints: trainable weights as safetensors, plus optimizer, scheduler and RNG state.
+
+Layout of one checkpoint (``RUN/checkpoints/step-00000040/``)::
+
+    model.safetensors   the trainable parameters by name (all of them for full finetuning, the
+                        adapter's for LoRA); frozen weights are reloaded from the base model
+    optimizer.pt        optimizer.state_dict()   — plain tensors and numbers only
+    scheduler.pt        scheduler.state_dict()
+    rng.pt              torch / python / numpy RNG states
+    state.json          step, phase, data position and whatever the loop needs to continue
+
+Everything is written into a temporary directory next to the target and renamed into place, so
+a crash leaves either the previous checkpoint or the new one, never half of one; only the last
+``keep`` checkpoints are kept. Loading uses ``torch.load(weights_only=True)``: a checkpoint can
+never run code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lldyn.errors import LldynError
+from lldyn.io import atomic_write_json
+
+PREFIX = "step-"
+WEIGHTS = "model.safetensors"
+OPTIMIZER = "optimizer.pt"
+SCHEDULER = "scheduler.pt"
+RNG = "rng.pt"
+STATE = "state.json"
+
+
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    """The parameters that train, by name, as contiguous CPU tensors."""
+    return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    try:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state["numpy"] = (kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss)
+    except ImportError:  # pragma: no cover - numpy ships with torch installs
+        pass
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, gauss_np = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss_np))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name[len(PREFIX):])
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Complete checkpoints (those with a ``state.json``), oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir()
+             if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit() and (p / STATE).is_file()]
+    return sorted(found, key=checkpoint_step)
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def save_checkpoint(directory: str | Path, step: int, model: Any, optimizer: Any = None, scheduler: Any = None,
+                    state: dict[str, Any] | None = None, keep: int = 2) -> Path:
+    """Write checkpoint ``step`` atomically into ``directory`` and keep only the last ``keep``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{PREFIX}{step:08d}"
+    tmp = directory / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_file(trainable_state(model), str(tmp / WEIGHTS), metadata={"step": str(step)})
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+        if scheduler is not None:
+            torch.save(scheduler.state_dict(), tmp / SCHEDULER)
+        torch.save(rng_state(), tmp / RNG)
+        atomic_write_json(tmp / STATE, {"step": step, **(state or {})})
+        if final.exists():  # the same step saved again (e.g. end of a phase): replace it
+            old = directory / f".old-{final.name}-{os.getpid()}"
+            final.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep > 0:
+        for old in list_checkpoints(directory)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors name the offending type
+        raise LldynError(f"cannot read checkpoint file: {str(err).splitlines()[0]}", file=str(path)) from None
+
+
+def load_checkpoint(path: str | Path, model: Any, optimizer: Any = None, scheduler: Any = None,
+                    restore_rng: bool = True) -> dict[str, Any]:
+    """Load weights (and optimizer / scheduler / RNG state when given) from ``path``; return ``state.json``."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / STATE).is_file():
+        raise LldynError("not a complete checkpoint (no state.json)", file=str(path))
+    weights = load_file(str(path / WEIGHTS))
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    unknown = [n for n in weights if n not in params]
+    if missing or unknown:
+        name = (missing or unknown)[0]
+        raise LldynError(f"checkpoint does not match the model ({len(missing)} missing, {len(unknown)} unknown "
+                         f"tensors, e.g. {name!r})", file=str(path / WEIGHTS),
+                         expected="a checkpoint of the same model and LoRA settings")
+    with torch.no_grad():
+        for name, value in weights.items():
+            if params[name].shape != value.shape:
+                raise LldynError(f"shape mismatch for {name!r}: {tuple(value.shape)} vs {tuple(params[name].shape)}",
+                                 file=str(path / WEIGHTS), expected="a checkpoint of the same model")
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+    if optimizer is not None and (path / OPTIMIZER).is_file():
+        optimizer.load_state_dict(_load(path / OPTIMIZER))
+    if scheduler is not None and (path / SCHEDULER).is_file():
+        scheduler.load_state_dict(_load(path / SCHEDULER))
+    if restore_rng and (path / RNG).is_file():
+        set_rng_state(_load(path / RNG))
+    return json.loads((path / STATE).read_text(encoding="utf-8"))

@@ -1,0 +1,165 @@
+"""``LearningDynamicsCallback``: lldyn's tracker inside Hugging Face ``Trainer`` and TRL trainers.
+
+    from lldyn.integrations import LearningDynamicsCallback
+
+    trainer = DPOTrainer(model=model, args=DPOConfig(...), train_dataset=ds, processing_class=tok,
+                         callbacks=[LearningDynamicsCallback(probes="probes.jsonl", every=20, out="runs/dpo")])
+    trainer.train()
+
+The callback evaluates the probes at step 0 and every ``every`` optimizer steps with the one
+log-prob engine (:class:`lldyn.tracking.Tracker`) on the trainer's own model object, and sends the
+per-family means, changes since step 0 and squeeze signals through the trainer's logging
+(``state.log_history`` and every callback's ``on_log``, so ``report_to`` backends such as
+TensorBoard or W&B receive them) under keys ``lldyn/family_mean/<family>``, ... . With ``out`` it
+also writes a run directory (``lldyn report OUT`` draws it).
+
+Under ``accelerate launch`` every process scores the probes of its share of the prompts; the rows
+are gathered with ``accelerate.utils.gather_object`` and only the main process writes.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import CallbackHandler
+
+from lldyn.probes import ProbeSet
+from lldyn.rundir import RunDir
+from lldyn.scoring import ScoreConfig
+from lldyn.tracking import Tracker, TrackerCallback, TrackSummary
+
+log = logging.getLogger("lldyn")
+PREFIX = "lldyn/"
+
+
+def _method_of(args: Any) -> str:
+    name = type(args).__name__
+    return name[:-len("Config")].lower() if name.endswith("Config") else "trainer"
+
+
+def _gather_across_processes(obj: Any) -> list[Any]:
+    """Every process's ``obj``, in rank order (accelerate flattens one list level, hence ``[obj]``)."""
+    from accelerate.utils import gather_object
+
+    return list(gather_object([obj]))
+
+
+class LearningDynamicsCallback(TrainerCallback):
+    """Track probe log-probs during ``Trainer`` / ``SFTTrainer`` / ``DPOTrainer`` training.
+
+    Args:
+        probes: a :class:`~lldyn.probes.ProbeSet` or a ``probes.jsonl`` path.
+        every: evaluation period in optimizer steps (plus step 0).
+        out: run directory to write (config, probe table, metrics), or None for logging only.
+        score_config: the engine's tokenisation (chat template on by default, as TRL applies it).
+        callbacks: tracker callbacks ``fn(summary, history) -> dict | None`` (e.g. the squeeze alarm).
+        initial_sample: generate the ``initial_sample`` family at the start.
+        label: name of the run in reports (default: trainer kind and learning rate).
+    """
+
+    def __init__(self, probes: ProbeSet | str | Path, every: int = 20, out: str | Path | None = None,
+                 score_config: ScoreConfig = ScoreConfig(), callbacks: Sequence[TrackerCallback] = (),
+                 initial_sample: bool = True, generation_config: Any = None, label: str | None = None) -> None:
+        self.probes = ProbeSet.coerce(probes)
+        self.every = every
+        self.out = None if out is None else Path(out)
+        self.score_config = score_config
+        self.callbacks = list(callbacks)
+        self.initial_sample = initial_sample
+        self.generation_config = generation_config
+        self.label = label
+        self.tracker: Tracker | None = None
+        self._handler: CallbackHandler | None = None
+
+    # ------------------------------------------------------------------ trainer events
+    def on_init_end(self, args, state, control, **kwargs):
+        self._find_handler()
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        self._find_handler()
+        self.tracker = self._make_tracker(args, state, model, processing_class)
+        self._track(args, state, control)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.tracker is not None:
+            if model is not None:
+                self.tracker.model = model  # the object being trained (a trainer may swap it)
+            self._track(args, state, control)
+
+    # ------------------------------------------------------------------ internals
+    def _find_handler(self) -> None:
+        """The trainer's CallbackHandler, found in the calling frames (callbacks get no trainer reference),
+        so tracked metrics can be dispatched to every ``on_log`` like ``Trainer.log`` does."""
+        if self._handler is not None:
+            return
+        frame = inspect.currentframe()
+        try:
+            for _ in range(6):
+                frame = frame.f_back if frame is not None else None
+                owner = frame.f_locals.get("self") if frame is not None else None
+                if isinstance(owner, CallbackHandler) and self in owner.callbacks:
+                    self._handler = owner
+                    return
+        finally:
+            del frame
+
+    def _make_tracker(self, args, state, model, processing_class) -> Tracker:
+        from accelerate import PartialState
+
+        tokenizer = getattr(processing_class, "tokenizer", None) or processing_class
+        if model is None or tokenizer is None:
+            from lldyn.errors import LldynError
+
+            raise LldynError("the trainer passed no model or processing_class to the callback",
+                             field="processing_class", expected="Trainer(..., processing_class=tokenizer)")
+        dist = PartialState()
+        run = None
+        if self.out is not None:
+            if dist.is_main_process:
+                lr = float(args.learning_rate)
+                config = {"source": "LearningDynamicsCallback", "method": _method_of(args),
+                          "label": self.label or f"{_method_of(args)} lr={lr:g}",
+                          "model": str(getattr(getattr(model, "config", None), "_name_or_path", "") or ""),
+                          "learning_rate": lr, "seed": int(args.seed), "every": self.every,
+                          "probes_sha256": self.probes.without_families(["initial_sample"]).fingerprint(),
+                          "score": {k: getattr(self.score_config, k) for k in ("template", "system_prompt", "max_length",
+                                                                               "max_prompt_tokens")}}
+                resumed = state.global_step > 0
+                run = RunDir.create(self.out, config, resume=resumed)
+                if resumed:
+                    run.truncate_after(state.global_step)
+            dist.wait_for_everyone()
+            run = RunDir(self.out)
+        return Tracker(model, tokenizer, self.probes, run=run, every=self.every, score_config=self.score_config,
+                       callbacks=self.callbacks, initial_sample=self.initial_sample,
+                       generation_config=self.generation_config, rank=dist.process_index,
+                       world_size=dist.num_processes,
+                       gather=_gather_across_processes if dist.num_processes > 1 else None)
+
+    def _track(self, args, state, control) -> None:
+        assert self.tracker is not None
+        summary = self.tracker.maybe_track(state.global_step)
+        if summary is not None:
+            self._emit(args, state, control, summary)
+
+    def _emit(self, args, state, control, summary: TrackSummary) -> None:
+        """Log like ``Trainer.log``: append to ``state.log_history`` and call every callback's ``on_log``."""
+        logs = {PREFIX + k: float(v) for k, v in summary.metrics_row().items()
+                if k not in ("step", "event") and isinstance(v, (int, float)) and not isinstance(v, bool)
+                and math.isfinite(float(v))}
+        state.log_history.append({**logs, "step": state.global_step})
+        if self._handler is not None:
+            # call_event, not handler.on_log: the latter clears control.should_log, which would drop
+            # the trainer's own log (loss, lr) of this step.
+            self._handler.call_event("on_log", args, state, control, logs=logs)
+        elif not getattr(self, "_warned", False):
+            self._warned = True
+            log.warning("lldyn: trainer callback handler not found; probe metrics go to state.log_history only")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The tracker's metric rows so far (one per evaluation)."""
+        return [s.metrics_row() for s in (self.tracker.history if self.tracker else [])]

@@ -1,0 +1,288 @@
+"""Figures and one self-contained ``report.html`` for one or more tracked runs.
+
+Figures (matplotlib, Agg), in the style of the paper's Figures 3 and 4: one panel per probe family,
+the mean of log π over the probe prompts against the step with the inter-quartile band, several runs
+overlaid with labels from their ``config.json``; the same for the change since step 0; and the
+squeeze signals (top-1 probability, entropy along y+ and y−). The HTML embeds every PNG as base64,
+a table of each run's last-step mean change per family, example probes, any PNG another module put
+in ``RUN/figures/`` (captioned with its file name) and any ``extra_sections`` a caller passes.
+
+Every piece of data set or model text that reaches the HTML goes through :func:`html.escape`.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from lldyn.errors import LldynError
+from lldyn.io import atomic_write_text
+from lldyn.probes import FAMILIES
+from lldyn.rundir import FIGURES, PROBE_TABLE, PROBES, RunDir
+
+LOGP_FIGURE = "probe_logp.png"
+DELTA_FIGURE = "probe_delta.png"
+SIGNALS_FIGURE = "squeeze_signals.png"
+OWN_FIGURES = (LOGP_FIGURE, DELTA_FIGURE, SIGNALS_FIGURE)
+
+
+@dataclass
+class RunData:
+    """What the report reads from one run directory."""
+
+    path: Path
+    label: str
+    config: dict[str, Any]
+    table: list[dict[str, Any]]
+    metrics: list[dict[str, Any]]
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted({int(r["step"]) for r in self.table})
+
+
+def run_label(config: dict[str, Any], path: Path) -> str:
+    """``label`` from the config, else its method/loss and learning rate, else the directory name."""
+    if config.get("label"):
+        return str(config["label"])
+    kind = config.get("method") or config.get("loss") or config.get("kind")
+    if isinstance(kind, dict):
+        kind = kind.get("kind") or kind.get("name")
+    lr = config.get("learning_rate", config.get("lr"))
+    if isinstance(config.get("train"), dict):
+        kind = kind or config["train"].get("method") or config["train"].get("loss")
+        lr = lr if lr is not None else config["train"].get("learning_rate", config["train"].get("lr"))
+    parts = [str(kind)] if kind else []
+    if lr is not None:
+        parts.append(f"lr={lr:g}" if isinstance(lr, (int, float)) else f"lr={lr}")
+    return " ".join(parts + [f"({path.name})"]) if parts else path.name
+
+
+def load_run(path: str | Path) -> RunData:
+    run = RunDir(path)
+    if not run.path.is_dir():
+        raise LldynError("run directory not found", file=str(run.path), expected="a directory written by lldyn")
+    config = run.config() if (run.path / "config.json").is_file() else {}
+    table = run.probe_table()
+    if not table:
+        raise LldynError(f"no probe table ({PROBE_TABLE}) in the run directory", file=str(run.path),
+                         expected="a run tracked with probes (lldyn train --probes, or LearningDynamicsCallback(out=...))")
+    return RunData(run.path, run_label(config, run.path), config, table, run.metrics())
+
+
+def _quantile(sorted_vals: Sequence[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default) of an already sorted list."""
+    if not sorted_vals:
+        return float("nan")
+    pos = q * (len(sorted_vals) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
+
+
+def family_curves(table: Iterable[dict[str, Any]], delta: bool = False
+                  ) -> dict[str, tuple[list[int], list[float], list[float], list[float]]]:
+    """Per family: (steps, mean, 25th percentile, 75th percentile) of log π over prompts.
+
+    With ``delta`` the values are log π(step) − log π(first step) per (prompt, family) first.
+    """
+    rows = sorted(table, key=lambda r: int(r["step"]))
+    base: dict[tuple[str, str], float] = {}
+    values: dict[str, dict[int, list[float]]] = {}
+    for r in rows:
+        key = (str(r["prompt_id"]), r["family"])
+        base.setdefault(key, r["logp"])
+        v = r["logp"] - base[key] if delta else r["logp"]
+        values.setdefault(r["family"], {}).setdefault(int(r["step"]), []).append(v)
+    out = {}
+    for fam, by_step in values.items():
+        steps = sorted(by_step)
+        vals = [sorted(by_step[s]) for s in steps]
+        out[fam] = (steps, [sum(v) / len(v) for v in vals], [_quantile(v, .25) for v in vals],
+                    [_quantile(v, .75) for v in vals])
+    return out
+
+
+def _families(runs: Sequence[RunData]) -> list[str]:
+    present = {r["family"] for run in runs for r in run.table}
+    return [f for f in FAMILIES if f in present] + sorted(present - set(FAMILIES))
+
+
+def plot_families(runs: Sequence[RunData], path: str | Path, delta: bool = False) -> Path:
+    """One panel per family: mean (line) and inter-quartile band over steps, one colour per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = _families(runs)
+    ncols = min(4, len(families))
+    nrows = math.ceil(len(families) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows), squeeze=False, sharex=True)
+    curves = [family_curves(run.table, delta) for run in runs]
+    for ax, fam in zip(axes.flat, families):
+        for i, (run, c) in enumerate(zip(runs, curves)):
+            if fam not in c:
+                continue
+            steps, mean, lo, hi = c[fam]
+            color = f"C{i % 10}"
+            ax.plot(steps, mean, color=color, label=run.label, lw=1.6)
+            ax.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
+        if delta:
+            ax.axhline(0, color="0.6", lw=0.8, ls="--")
+        ax.set_title(fam, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(families):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("step", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Δ log π since step 0" if delta else "log π(y | x)", fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    fig.suptitle("change of log π since step 0 (mean, IQR band)" if delta else "log π of each probe family "
+                 "(mean over prompts, IQR band)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 0.96))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_signals(runs: Sequence[RunData], path: str | Path) -> Path | None:
+    """Squeeze signals over steps from ``metrics.jsonl`` (None when no run has them)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [("signal/top1_chosen", "mean top-1 prob along y+"), ("signal/top1_rejected", "mean top-1 prob along y−"),
+             ("signal/entropy_chosen", "entropy along y+ (nats)"), ("signal/entropy_rejected", "entropy along y− (nats)")]
+    rows = [[m for m in run.metrics if m.get("event") == "probes"] for run in runs]
+    if not any(rows):
+        return None
+    fig, axes = plt.subplots(1, 4, figsize=(13, 2.8))
+    for ax, (key, title) in zip(axes, names):
+        for i, (run, rs) in enumerate(zip(runs, rows)):
+            pts = sorted((int(m["step"]), m[key]) for m in rs if key in m)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{i % 10}", label=run.label, marker=".")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def _img(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.2f}"
+
+
+def last_step_table(runs: Sequence[RunData]) -> str:
+    """HTML table: per family, each run's mean change of log π from its first to its last step."""
+    families = _families(runs)
+    head = "".join(f"<th>{html.escape(r.label)}<br><small>step {r.steps[-1]}</small></th>" for r in runs)
+    curves = [family_curves(r.table, delta=True) for r in runs]
+    body = []
+    for fam in families:
+        cells = "".join(f"<td>{_fmt(c[fam][1][-1] if fam in c else None)}</td>" for c in curves)
+        body.append(f"<tr><th>{html.escape(fam)}</th>{cells}</tr>")
+    return f"<table><tr><th>family</th>{head}</tr>{''.join(body)}</table>"
+
+
+def probe_examples(run: RunData, n_prompts: int = 2) -> str:
+    """The probe responses of the first prompts, and their y* at the last step (all text escaped)."""
+    path = run.path / PROBES
+    if not path.is_file():
+        return ""
+    from lldyn.io import read_jsonl
+
+    probes = list(read_jsonl(path))
+    prompt_ids = list(dict.fromkeys(str(p["prompt_id"]) for p in probes))[:n_prompts]
+    last = run.steps[-1]
+    argmax = {str(r["prompt_id"]): r.get("text") for r in run.table if r["step"] == last and r["family"] == "argmax"}
+    out = []
+    for pid in prompt_ids:
+        rows = [(p["family"], p["response"]) for p in probes if str(p["prompt_id"]) == pid]
+        if argmax.get(pid) is not None:
+            rows.append((f"argmax (step {last})", argmax[pid]))
+        prompt = next(p["prompt"] for p in probes if str(p["prompt_id"]) == pid)
+        prompt_text = prompt if isinstance(prompt, str) else " / ".join(f"{m['role']}: {m['content']}" for m in prompt)
+        cells = "".join(f"<tr><th>{html.escape(f)}</th><td>{html.escape(str(t))}</td></tr>" for f, t in rows)
+        out.append(f"<h3>{html.escape(pid)}: {html.escape(prompt_text)}</h3><table class='probes'>{cells}</table>")
+    return "".join(out)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+img{max-width:100%}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;
+text-align:left;font-size:.9em;vertical-align:top}figure{margin:1em 0}figcaption{color:#555;font-size:.85em}
+table.probes td{max-width:800px}"""
+
+
+def write_report(runs: Sequence[str | Path], out: str | Path | None = None,
+                 extra_sections: Sequence[tuple[str, str]] = (), title: str = "lldyn learning dynamics report"
+                 ) -> Path:
+    """Draw the figures into ``OUT/figures`` and write ``OUT/report.html`` (OUT defaults to the first run).
+
+    Args:
+        runs: run directories (each with a probe table).
+        extra_sections: ``(title, html)`` pairs appended as sections; ``title`` is escaped, ``html`` is
+            inserted as given (the caller escapes any data text in it).
+    Returns the path of ``report.html``.
+    """
+    if not runs:
+        raise LldynError("no run directories given", field="RUN", expected="one or more run directories")
+    data = [load_run(r) for r in runs]
+    seen: dict[str, int] = {}
+    for d in data:  # labels must tell runs apart in legends
+        seen[d.label] = seen.get(d.label, 0) + 1
+    for d in data:
+        if seen[d.label] > 1:
+            d.label = f"{d.label} [{d.path}]"
+    out_dir = Path(out) if out is not None else data[0].path
+    figures = out_dir / FIGURES
+    drawn = [(plot_families(data, figures / LOGP_FIGURE), "log π per probe family: mean over prompts, "
+                                                        "inter-quartile band (paper Fig. 3/4 style)"),
+             (plot_families(data, figures / DELTA_FIGURE, delta=True), "change of log π since step 0")]
+    sig = plot_signals(data, figures / SIGNALS_FIGURE)
+    if sig is not None:
+        drawn.append((sig, "squeeze signals: top-1 probability and entropy along y+ and y− positions"))
+    sections = [("Probe families over training", "".join(_img(p, c) for p, c in drawn)),
+                ("Mean change of log π at the last step", last_step_table(data))]
+    own = {p.resolve() for p, _ in drawn}
+    for d in data:
+        extra = [p for p in sorted((d.path / FIGURES).glob("*.png")) if p.resolve() not in own
+                 and p.name not in OWN_FIGURES]
+        if extra:
+            sections.append((f"More figures of {d.label}", "".join(_img(p, p.name) for p in extra)))
+    sections += list(extra_sections)
+    for d in data:
+        ex = probe_examples(d)
+        if ex:
+            sections.append((f"Example probes of {d.label}", ex))
+    runs_html = "".join(f"<li>{html.escape(d.label)}: <code>{html.escape(str(d.path))}</code>, steps "
+                        f"{d.steps[0]}–{d.steps[-1]}, {len({r['prompt_id'] for r in d.table})} prompts</li>" for d in data)
+    body = "".join(f"<section><h2>{html.escape(t)}</h2>{h}</section>" for t, h in sections)
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><ul>{runs_html}</ul>{body}</body></html>")
+    path = out_dir / "report.html"
+    atomic_write_text(path, page)
+    return path

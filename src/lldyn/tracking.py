@@ -1,0 +1,260 @@
+"""Live tracking: log π of every probe at step 0 and every N steps, with the one log-prob engine.
+
+Each evaluation makes **one** :func:`lldyn.scoring.score` call for all probes (so the prompt forward
+pass is shared by a prompt's ~12 responses) and derives the evaluation-time families from it:
+
+* ``argmax`` — y*, the teacher-forced argmax along y+ (paper Sec. 4, "y*"): log π(y*) is
+  Σ_t max_v log π(v | x, y+_<t), which the engine returns with y+'s own score, so it costs nothing;
+* ``initial_sample`` — the starting model's greedy response, generated once when tracking starts
+  (``initial_samples.jsonl`` in the run directory) and scored like any other probe.
+
+Per evaluation the tracker writes one row per (step, prompt_id, family) to ``probe_table.jsonl``
+(``step, prompt_id, family, logp, n_tokens, mean_logp, top1, entropy``; argmax rows also carry
+the y* ``text``) and one summary row to ``metrics.jsonl``::
+
+    {"step": s, "event": "probes", "family_mean/<family>": ..., "family_delta/<family>": ...,
+     "signal/<name>": ..., <keys returned by callbacks>}
+
+The *squeeze signals* (paper Sec. 3.3 / 4.2: a large negative gradient on an unlikely y− squeezes
+mass into the argmax) are the mean top-1 probability and entropy along the y+ and y− positions and
+log π of y+, y−, y*. A tracker callback ``fn(summary, history) -> dict | None`` sees every summary
+(the squeeze alarm plugs in here); the keys it returns are merged into that step's metrics row.
+
+Under ``accelerate`` every rank scores the probes of its share of the prompts and a ``gather``
+function (accelerate's ``gather_object``) brings all rows to every rank; only rank 0 writes.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from lldyn.errors import LldynError
+from lldyn.io import atomic_write_jsonl, read_jsonl
+from lldyn.probes import FAMILIES, Probe, ProbeSet
+from lldyn.rundir import PROBES, RunDir
+from lldyn.scoring import ScoreConfig, ScoreRequest, argmax_text, score
+
+INITIAL_SAMPLES = "initial_samples.jsonl"
+SIGNALS = ("logp_chosen", "logp_rejected", "logp_argmax", "top1_chosen", "top1_rejected", "entropy_chosen",
+           "entropy_rejected")
+
+
+@dataclass(frozen=True)
+class TrackSummary:
+    """One evaluation of the probes.
+
+    family_mean: mean log π over prompts, per family.
+    family_delta: mean over prompts of log π(step) − log π(step 0), per family.
+    signals: the squeeze signals (keys in :data:`SIGNALS`).
+    extra: keys the tracker callbacks returned for this step.
+    """
+
+    step: int
+    family_mean: dict[str, float]
+    family_delta: dict[str, float]
+    signals: dict[str, float]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def metrics_row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"step": self.step, "event": "probes"}
+        row.update({f"family_mean/{k}": v for k, v in self.family_mean.items()})
+        row.update({f"family_delta/{k}": v for k, v in self.family_delta.items()})
+        row.update({f"signal/{k}": v for k, v in self.signals.items()})
+        row.update(self.extra)
+        return row
+
+    @classmethod
+    def from_metrics_row(cls, row: dict[str, Any]) -> "TrackSummary":
+        def part(prefix: str) -> dict[str, float]:
+            return {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix)}
+
+        known = ("step", "event", "family_mean/", "family_delta/", "signal/")
+        extra = {k: v for k, v in row.items() if not any(k == p or k.startswith(p) for p in known)}
+        return cls(int(row["step"]), part("family_mean/"), part("family_delta/"), part("signal/"), extra)
+
+
+TrackerCallback = Callable[[TrackSummary, list[TrackSummary]], "dict[str, Any] | None"]
+
+
+def _mean(values: Iterable[float]) -> float:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _single_process_gather(obj: Any) -> list[Any]:
+    return [obj]
+
+
+class Tracker:
+    """Evaluates ``probes`` with ``model`` at step 0 and every ``every`` steps.
+
+    Args:
+        model, tokenizer: read at every evaluation, so training may update ``model`` in place or
+            assign ``tracker.model`` a new object.
+        probes: a :class:`~lldyn.probes.ProbeSet` or a path to ``probes.jsonl``.
+        run: a :class:`~lldyn.rundir.RunDir` (or a directory path) to write to; None keeps results in
+            memory only (``tracker.history``, ``tracker.last_rows``).
+        every: evaluation period in optimizer steps.
+        score_config: how the engine tokenises and scores.
+        callbacks: ``fn(summary, history) -> dict | None`` (see module docstring).
+        initial_sample: generate the ``initial_sample`` family when tracking starts.
+        generation_config: for the initial samples (default: greedy, 64 new tokens).
+        rank, world_size, gather: distributed evaluation — this rank scores prompts
+            ``prompt_ids[rank::world_size]``; ``gather(obj)`` returns every rank's ``obj``.
+        progress: show a progress bar while scoring.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, probes: ProbeSet | str | Path, run: RunDir | str | Path | None = None,
+                 every: int = 20, score_config: ScoreConfig = ScoreConfig(),
+                 callbacks: Sequence[TrackerCallback] = (), *, initial_sample: bool = True,
+                 generation_config: Any = None, rank: int = 0, world_size: int = 1,
+                 gather: Callable[[Any], list[Any]] | None = None, progress: bool = False) -> None:
+        if every < 1:
+            raise LldynError(f"every must be >= 1, got {every}", field="every", expected="a positive number of steps")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.every = int(every)
+        self.score_config = score_config
+        self.callbacks = list(callbacks)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.gather = gather or _single_process_gather
+        self.progress = progress
+        self.want_initial_sample = initial_sample
+        self.generation_config = generation_config
+        self.probes = ProbeSet.coerce(probes)
+        self.run = RunDir(run) if isinstance(run, (str, Path)) else run
+        self.history: list[TrackSummary] = []
+        self.last_rows: list[dict[str, Any]] = []
+        self.last_seconds = 0.0
+        self._base: dict[tuple[str, str], float] = {}
+        order = self.probes.prompt_ids
+        self._prompt_rank = {pid: i for i, pid in enumerate(order)}
+        self._family_rank = {f: i for i, f in enumerate(FAMILIES)}
+        self.local_prompt_ids = order[self.rank::self.world_size]
+        if self.run is not None:
+            self._attach_run()
+
+    # ------------------------------------------------------------------ run directory
+    @property
+    def is_writer(self) -> bool:
+        return self.rank == 0 and self.run is not None
+
+    def _attach_run(self) -> None:
+        """Refuse a run directory that tracks another probe set; pick up history when resuming."""
+        assert self.run is not None
+        path = self.run.path / PROBES
+        static = self.probes.without_families(["initial_sample"])
+        if path.is_file():
+            existing = ProbeSet.load(path).without_families(["initial_sample"])
+            if existing.fingerprint() != static.fingerprint():
+                raise LldynError("the run directory tracks a different probe set", file=str(path),
+                                 expected="the same probes as the run being resumed, or a new run directory")
+        elif self.rank == 0:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            static.save(path)
+        samples = self.run.path / INITIAL_SAMPLES
+        if samples.is_file() and not any(p.family == "initial_sample" for p in self.probes):
+            self.probes = self.probes.with_probes(
+                Probe(str(r["prompt_id"]), "initial_sample", r["prompt"], r["response"], tuple(r.get("source_ids", ())),
+                      r.get("method", "initial_sample")) for r in read_jsonl(samples))
+        self.history = [TrackSummary.from_metrics_row(r) for r in self.run.metrics() if r.get("event") == "probes"]
+        if self.history:
+            first = min(s.step for s in self.history)
+            for r in self.run.iter_probe_table():
+                if r.get("step") == first:
+                    self._base[(str(r["prompt_id"]), r["family"])] = r["logp"]
+
+    def _ensure_initial_samples(self) -> None:
+        if not self.want_initial_sample or any(p.family == "initial_sample" for p in self.probes):
+            return
+        from lldyn.generation import GenerationConfig, generate
+
+        cfg = self.generation_config or GenerationConfig(max_new_tokens=64, template=self.score_config.template)
+        chosen = {p.prompt_id: p for p in self.probes if p.family == "chosen"}
+        local = [chosen[pid] for pid in self.local_prompt_ids]
+        texts = generate(self.model, self.tokenizer, [p.prompt for p in local], cfg, progress=self.progress) if local else []
+        mine = [Probe(p.prompt_id, "initial_sample", p.prompt, t, (p.prompt_id,),
+                      f"greedy(max_new_tokens={cfg.max_new_tokens})").to_json() for p, t in zip(local, texts)]
+        rows = [r for part in self.gather(mine) for r in part]
+        rows.sort(key=lambda r: self._prompt_rank[r["prompt_id"]])
+        if self.is_writer:
+            atomic_write_jsonl(self.run.path / INITIAL_SAMPLES, rows)  # type: ignore[union-attr]
+        self.probes = self.probes.with_probes(
+            Probe(r["prompt_id"], "initial_sample", r["prompt"], r["response"], tuple(r["source_ids"]), r["method"])
+            for r in rows)
+
+    # ------------------------------------------------------------------ evaluation
+    def should_track(self, step: int) -> bool:
+        return step % self.every == 0 and not any(s.step == step for s in self.history)
+
+    def maybe_track(self, step: int) -> TrackSummary | None:
+        """Track at step 0 and every ``every`` steps (a step already tracked, e.g. before a resume, is skipped)."""
+        return self.track(step) if self.should_track(step) else None
+
+    def evaluate(self) -> list[dict[str, Any]]:
+        """This rank's probe rows (no ``step``): one engine call for all its probes, plus the argmax rows."""
+        local_ids = set(self.local_prompt_ids)
+        probes = [p for p in self.probes if p.prompt_id in local_ids]
+        if not probes:
+            return []
+        results = score(self.model, self.tokenizer, [ScoreRequest(p.prompt, p.response) for p in probes],
+                        self.score_config, progress=self.progress)
+        rows = []
+        for p, res in zip(probes, results):
+            rows.append(_row(p.prompt_id, p.family, res.logp, res.n_tokens, res.mean_top1_prob, res.mean_entropy))
+            if p.family == "chosen":  # y* along y+: same positions, its log-prob is Σ top-1 log-probs
+                row = _row(p.prompt_id, "argmax", res.argmax_logp, res.n_tokens, res.mean_top1_prob, res.mean_entropy)
+                row["text"] = argmax_text(self.tokenizer, res)
+                rows.append(row)
+        return rows
+
+    def track(self, step: int) -> TrackSummary:
+        """Evaluate all probes now, write the rows and the summary, run the callbacks."""
+        start = time.perf_counter()
+        self._ensure_initial_samples()
+        rows = [r for part in self.gather(self.evaluate()) for r in part]
+        rows.sort(key=lambda r: (self._prompt_rank[r["prompt_id"]], self._family_rank[r["family"]]))
+        for r in rows:
+            r["step"] = step
+        if not self._base:
+            self._base = {(r["prompt_id"], r["family"]): r["logp"] for r in rows}
+        summary = self._summarise(step, rows)
+        extra: dict[str, Any] = {}
+        for fn in self.callbacks:
+            out = fn(summary, self.history + [summary])
+            if out:
+                extra.update(out)
+        self.last_seconds = time.perf_counter() - start
+        summary = TrackSummary(summary.step, summary.family_mean, summary.family_delta, summary.signals,
+                               {**extra, "probe_seconds": self.last_seconds})
+        self.history.append(summary)
+        self.last_rows = rows
+        if self.is_writer:
+            self.run.append_probe_rows([{k: r[k] for k in _COLUMNS if k in r} for r in rows])  # type: ignore[union-attr]
+            self.run.log_metrics(summary.metrics_row())  # type: ignore[union-attr]
+        return summary
+
+    def _summarise(self, step: int, rows: list[dict[str, Any]]) -> TrackSummary:
+        by_family: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_family.setdefault(r["family"], []).append(r)
+        family_mean = {f: _mean(r["logp"] for r in rs) for f, rs in by_family.items()}
+        family_delta = {f: _mean(r["logp"] - self._base[(r["prompt_id"], f)] for r in rs
+                                 if (r["prompt_id"], f) in self._base) for f, rs in by_family.items()}
+        fam = lambda f, key: _mean(r[key] for r in by_family.get(f, []))  # noqa: E731
+        signals = {"logp_chosen": fam("chosen", "logp"), "logp_rejected": fam("rejected", "logp"),
+                   "logp_argmax": fam("argmax", "logp"), "top1_chosen": fam("chosen", "top1"),
+                   "top1_rejected": fam("rejected", "top1"), "entropy_chosen": fam("chosen", "entropy"),
+                   "entropy_rejected": fam("rejected", "entropy")}
+        return TrackSummary(step, family_mean, family_delta, signals)
+
+
+_COLUMNS = ("step", "prompt_id", "family", "logp", "n_tokens", "mean_logp", "top1", "entropy", "text")
+
+
+def _row(prompt_id: str, family: str, logp: float, n_tokens: int, top1: float, entropy: float) -> dict[str, Any]:
+    return {"prompt_id": prompt_id, "family": family, "logp": logp, "n_tokens": n_tokens,
+            "mean_logp": logp / max(n_tokens, 1), "top1": top1, "entropy": entropy}
