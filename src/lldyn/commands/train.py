@@ -1,0 +1,89 @@
+"""``lldyn train``: SFT, DPO-family, extend and sft_dpo runs with probe tracking and checkpoints.
+
+Every :class:`lldyn.train.TrainConfig` field is a flag (``--batch-size``, ``--lr`` …); a TOML file
+given with ``--config`` sets defaults that flags override.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+HELP = {
+    "method": "sft | dpo | ipo | slic | simpo | extend (SFT on y+ and y−, then DPO) | sft_dpo (SFT on y+, then DPO)",
+    "model": "alias (smollm2-135m-instruct, tiny-random-llama), .gguf file, directory or Hub id",
+    "data": "preference data (.jsonl/.json/.parquet, builtin, builtin:train, hf:NAME); SFT data for --method sft",
+    "probes": "probes.jsonl to track (lldyn probes build); none = no tracking",
+    "out": "run directory",
+    "ref": "reference model for DPO-family losses (default: the model at the start of the DPO phase)",
+    "steps": "optimizer steps of the (last) phase (default: --epochs)",
+    "optimizer": "adamw | rmsprop (the paper's) | sgd",
+    "scheduler": "constant | linear | cosine (after --warmup-steps)",
+    "max_grad_norm": "gradient clipping norm (0 = off)",
+    "eval_every": "track probes every N optimizer steps (and at step 0)",
+    "checkpoint_every": "checkpoint every N steps (always at the end of each phase)",
+    "sft_steps": "steps of the SFT phase of extend / sft_dpo",
+    "on_policy": "sample two responses per prompt from the current policy and label them with --preference-source",
+    "preference_source": "hf:MODEL, openai:MODEL (with --base-url) or module:function (a reward function)",
+    "decompose_every": "record the first-order decomposition every N steps (0 = off)",
+}
+
+
+def add_config_flags(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per dataclass field, all defaulting to None so a TOML file's values survive."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        tp = hints[f.name]
+        help_text = HELP.get(f.name, "") + (f" (default: {f.default})" if f.default is not dataclasses.MISSING else "")
+        if tp is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            continue
+        base = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+        p.add_argument(flag, dest=f.name, type=_parser(base[0], flag), default=None, metavar=f.name.upper(),
+                       help=help_text)
+
+
+def _parser(tp: type, flag: str):
+    def parse(text: str):
+        try:
+            return tp(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects {tp.__name__}, got {text!r}") from None
+    return parse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from lldyn.train import TrainConfig
+
+    p = sub.add_parser("train", help="finetune with SFT / DPO / IPO / SLiC / SimPO / extend, tracking probes",
+                       description="Run a finetuning job into a run directory (config.json, metrics.jsonl, probe table, "
+                                   "checkpoints). Flags override --config FILE.toml.")
+    p.add_argument("--config", default=None, help="TOML file with TrainConfig fields")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(run=run)
+
+
+def overrides(args: argparse.Namespace, cls: type) -> dict[str, typing.Any]:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    from lldyn.config import load_config
+    from lldyn.train import TrainConfig, train
+
+    cfg = load_config(TrainConfig, args.config, overrides(args, TrainConfig))
+    if cfg.probes and cfg.eval_every > 0:
+        from lldyn.probes import ProbeSet
+
+        ProbeSet.load(cfg.probes)  # a bad probe file is refused before train() opens the run directory
+    result = train(cfg, resume=args.resume)
+    print(f"trained {result.steps} steps; run directory {result.run.path}")
+    if result.last_summary is not None:
+        d = result.last_summary.family_delta
+        print("change since step 0 (nats): " + ", ".join(
+            f"{k} {v:+.2f}" for k, v in d.items() if k in ("chosen", "rejected", "argmax", "other_chosen")))
+    return 0

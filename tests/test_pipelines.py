@@ -1,0 +1,84 @@
+"""The one-command pipelines: lldyn demo and lldyn reproduce sft|dpo|extend (shortened, tiny model)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lldyn.rundir import RunDir
+from lldyn.summary import phase_changes
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lldyn.cli", *args], cwd=cwd, capture_output=True, text=True, env=ENV)
+
+
+def test_demo_quick_runs_sft_then_dpo_and_reports(tmp_path):
+    proc = cli("demo", "--quick", "--model", "tiny-random-llama", "--out", "demo", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "demo"
+    assert (out / "report.html").is_file() and (out / "probes.jsonl").is_file()
+    sft, dpo = RunDir(out / "sft"), RunDir(out / "dpo")
+    assert sft.config()["method"] == "sft" and dpo.config()["method"] == "dpo"
+    assert dpo.config()["model"] == str(Path("demo") / "sft")  # DPO starts from the SFT run
+    assert "What moved" in proc.stdout and "SFT (steps" in proc.stdout and "DPO (steps" in proc.stdout
+    # Rerunning the finished demo resumes (nothing retrained) and reports again.
+    again = cli("demo", "--quick", "--model", "tiny-random-llama", "--out", "demo", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [r["step"] for r in sft.metrics() if r["event"] == "train"] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("experiment", ["sft", "dpo", "extend"])
+def test_reproduce_configs_complete_shortened(tmp_path, experiment):
+    proc = cli("reproduce", experiment, "--quick", "--model", "tiny-random-llama", "--data", "builtin:train",
+               "--out", "exp", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "exp"
+    held = [json.loads(x)["id"] for x in (out / "data" / "held_out.jsonl").read_text().splitlines()]
+    train_ids = [json.loads(x)["id"] for x in (out / "data" / "train.jsonl").read_text().splitlines()]
+    assert held and not set(held) & set(train_ids)
+    runs = ["baseline", "extend"] if experiment == "extend" else [experiment]
+    for name in runs:
+        run = RunDir(out / name)
+        assert run.config()["data"] == str(out / "data" / "train.jsonl")
+        assert phase_changes(run.path), name
+    assert (out / "report.html").is_file()
+
+
+def test_reproduce_ships_gpu_configs_with_the_papers_hyperparameters():
+    from lldyn.commands.reproduce import configs_dir
+    from lldyn.config import read_toml
+
+    for name in ("qwen2.5-0.5b-dpo", "pythia-410m-extend"):
+        raw = read_toml(configs_dir() / f"{name}.toml")
+        for section in [s for s in raw if s != "experiment"]:
+            t = raw[section]
+            assert (t["optimizer"], t["lr"], t["warmup_steps"], t["max_grad_norm"], t["batch_size"], t["beta"],
+                    t["max_length"], t["max_prompt_tokens"]) == ("rmsprop", 5e-7, 150, 10.0, 4, 0.1, 512, 256)
+
+
+def test_reproduce_missing_data_is_one_clear_error(tmp_path):
+    proc = cli("reproduce", "dpo", "--data", "nope.jsonl", "--out", "exp", cwd=tmp_path)
+    assert proc.returncode == 2 and "nope.jsonl" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.slow
+def test_demo_claims_on_smollm2_shortened(tmp_path):
+    """The demo's configuration, shortened: SFT lifts y+ and y_j+; DPO pushes y− down and the argmax y* up."""
+    from lldyn.commands.demo import default_config_path
+
+    text = default_config_path().read_text()
+    (tmp_path / "demo.toml").write_text(text.replace("probe_prompts = 32", "probe_prompts = 8"))
+    proc = cli("demo", "--config", "demo.toml", "--out", "demo", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (sft,) = phase_changes(tmp_path / "demo" / "sft")
+    (dpo,) = phase_changes(tmp_path / "demo" / "dpo")
+    assert sft.delta["chosen"] > 0 and sft.delta["other_chosen"] > 0
+    assert dpo.delta["rejected"] < 0 and dpo.delta["argmax"] > 0
