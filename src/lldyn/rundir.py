@@ -135,7 +135,7 @@ class RunDir:
     def truncate_after(self, step: int) -> None:
         """On resume from a checkpoint at ``step``: drop metric and probe rows logged after it (and a
         torn last line), rewriting each file atomically, so a resumed run never duplicates rows."""
-        for name in (METRICS, PROBE_TABLE):
+        for name in (METRICS, PROBE_TABLE, "decompose.jsonl"):
             p = self.path / name
             if p.is_file():
                 keep = [r for r in read_jsonl(p, strict=False) if int(r.get("step", 0)) <= step]

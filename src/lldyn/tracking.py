@@ -186,6 +186,14 @@ class Tracker:
             Probe(r["prompt_id"], "initial_sample", r["prompt"], r["response"], tuple(r["source_ids"]), r["method"])
             for r in rows)
 
+    def rewind(self, step: int) -> None:
+        """Forget evaluations after ``step`` (resuming from a checkpoint at ``step``; pair it with
+        ``RunDir.truncate_after(step)``). Rewinding before the first evaluation also forgets the step-0
+        baseline, so the next evaluation becomes the new baseline."""
+        self.history = [s for s in self.history if s.step <= step]
+        if not self.history:
+            self._base = {}
+
     # ------------------------------------------------------------------ evaluation
     def should_track(self, step: int) -> bool:
         return step % self.every == 0 and not any(s.step == step for s in self.history)

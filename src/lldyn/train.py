@@ -426,6 +426,14 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
     params = [p for p in model.parameters() if p.requires_grad]
     run = RunDir.create(cfg.out, run_config(cfg), resume=resume)
 
+    if decomposer is None and cfg.decompose_every > 0:
+        if not cfg.probes:
+            raise LldynError("decomposition needs probes", field="decompose_every", expected="--probes FILE")
+        from lldyn.decompose.llm import DecomposeConfig, StepDecomposer
+        from lldyn.probes import ProbeSet
+
+        decomposer = StepDecomposer(tokenizer, ProbeSet.coerce(cfg.probes), run,
+                                    DecomposeConfig(score=cfg.scoring(), every=cfg.decompose_every))
     tracker = None
     if cfg.probes and cfg.eval_every > 0:
         from lldyn.tracking import Tracker
@@ -442,13 +450,13 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
     if resume and ckpt is None and run.has_metrics():
         run.truncate_after(-1)  # killed before the first checkpoint: start over cleanly
         if tracker is not None:
-            tracker.history, tracker._base = [], {}
+            tracker.rewind(-1)
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, restore_rng=False)
         start_phase, start_step, global_step = state["phase"], state["phase_step"], state["step"]
         run.truncate_after(global_step)
         if tracker is not None:
-            tracker.history = [h for h in tracker.history if h.step <= global_step]
+            tracker.rewind(global_step)
 
     last_summary = None
     for pi, phase in enumerate(plan):
@@ -520,8 +528,7 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
                    "lr": lr_now, "grad_norm": grad_norm, "seconds": time.perf_counter() - t0}
             if decompose_now:
                 extra = decomposer.after_step(global_step, model, optimizer)
-                if extra:
-                    row.update({f"decompose/{k}": v for k, v in extra.items()})
+                row.update(extra or {})
             run.log_metrics(row)
             if bar is not None:
                 bar.update(1)

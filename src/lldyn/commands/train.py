@@ -76,10 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from lldyn.train import TrainConfig, train
 
     cfg = load_config(TrainConfig, args.config, overrides(args, TrainConfig))
-    if cfg.probes and cfg.eval_every > 0:
-        from lldyn.probes import ProbeSet
-
-        ProbeSet.load(cfg.probes)  # a bad probe file is refused before train() opens the run directory
+    check_before_writing(cfg)
     result = train(cfg, resume=args.resume)
     print(f"trained {result.steps} steps; run directory {result.run.path}")
     if result.last_summary is not None:
@@ -87,3 +84,14 @@ def run(args: argparse.Namespace) -> int:
         print("change since step 0 (nats): " + ", ".join(
             f"{k} {v:+.2f}" for k, v in d.items() if k in ("chosen", "rejected", "argmax", "other_chosen")))
     return 0
+
+
+def check_before_writing(cfg) -> None:
+    """Refuse a bad probe file, or decomposition without one, before train() opens the run directory."""
+    from lldyn.errors import LldynError
+    from lldyn.probes import ProbeSet
+
+    if cfg.decompose_every > 0 and not cfg.probes:
+        raise LldynError("decomposition needs probes", field="decompose_every", expected="--probes FILE")
+    if cfg.probes and (cfg.eval_every > 0 or cfg.decompose_every > 0):
+        ProbeSet.load(cfg.probes)

@@ -1,6 +1,7 @@
 """Decomposition of one update's effect on the model's predictions into A·K·G (paper Sec. 2-3).
 
 :mod:`lldyn.decompose.classifier`: the exact decomposition for any classifier returning logits.
+:mod:`lldyn.decompose.llm`: first-order prediction and attribution of one LLM step, last-layer eNTK.
 """
 from lldyn.decompose.classifier import (
     AKG,
@@ -29,3 +30,8 @@ __all__ = [
     "pearson",
     "softmax_jacobian",
 ]
+
+from lldyn.decompose.llm import *  # noqa: E402,F401,F403
+from lldyn.decompose.llm import __all__ as _llm_all  # noqa: E402
+
+__all__ += _llm_all
