@@ -1,0 +1,100 @@
+"""``lldyn judge``: the judged win rate of model/run A against B on held-out prompts (issue 8.2)."""
+from __future__ import annotations
+
+import argparse
+
+JUDGEMENTS = "judgements.jsonl"
+SUMMARY = "summary.json"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("judge", help="judged win rate of A against B (both orders, bootstrap interval)",
+                       description="Generate greedy responses from A and B on held-out prompts, ask the judge which "
+                                   "is more helpful in both orders (the paper's instruction), and write every "
+                                   "judgement and the win rate of A with a bootstrap confidence interval.")
+    p.add_argument("--a", required=True, help="model A: alias, .gguf, model directory, Hub id or lldyn run directory")
+    p.add_argument("--b", required=True, help="model B (same forms as --a)")
+    p.add_argument("--prompts", required=True,
+                   help="held-out prompts: preference data or a JSONL of {\"prompt\": ...} rows; builtin:test works")
+    p.add_argument("--split", default="test", help="split for Hugging Face data sets (default test)")
+    p.add_argument("--judge", required=True, help="hf:MODEL, openai:MODEL or module:function")
+    p.add_argument("--base-url", default=None, help="endpoint for openai:MODEL, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the endpoint's API key (the key is never written)")
+    p.add_argument("--limit", type=int, default=None, help="judge only the first N prompts")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="response length budget for A and B")
+    p.add_argument("--judge-max-tokens", type=int, default=128, help="answer length budget for a model judge")
+    p.add_argument("--batch-size", type=int, default=8, help="generation batch size")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the interval")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (generation is greedy)")
+    p.add_argument("--out", required=True, help="output directory for judgements.jsonl and summary.json")
+    p.add_argument("--force", action="store_true", help="overwrite results already in --out")
+    p.set_defaults(run=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from lldyn.errors import LldynError
+
+    for flag in ("max_new_tokens", "judge_max_tokens", "batch_size", "bootstrap"):
+        value = getattr(args, flag)
+        if value < 1:
+            raise LldynError(f"--{flag.replace('_', '-')} must be >= 1, got {value}", field=flag.replace("_", "-"),
+                             expected="a positive integer")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise LldynError("output exists and is not a directory", file=str(out), field="out", expected="a directory path")
+    done = [name for name in (JUDGEMENTS, SUMMARY) if (out / name).exists()]
+    if done and not args.force:
+        raise LldynError(f"already holds judge results ({', '.join(done)})", file=str(out), field="out",
+                         expected="a new directory, or --force to overwrite")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import gc
+    from pathlib import Path
+
+    from lldyn import __version__
+    from lldyn.generation import GenerationConfig, generate
+    from lldyn.io import atomic_write_json, atomic_write_jsonl
+    from lldyn.judge import JUDGE_TEMPLATE, judge_both_orders, load_model_or_run, load_preference_source, load_prompts
+    from lldyn.judge import win_rate
+
+    _check_args(args)
+    prompts = load_prompts(args.prompts, args.split, args.limit)
+    source = load_preference_source(args.judge, args.base_url, args.api_key_env, max_tokens=args.judge_max_tokens)
+    if hasattr(source, "ping"):
+        source.ping()  # an unreachable endpoint fails before any generation
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+    responses = {}
+    for side, spec in (("a", args.a), ("b", args.b)):
+        lm = load_model_or_run(spec)
+        print(f"generating {len(prompts)} responses with {side.upper()} = {spec}", flush=True)
+        responses[side] = generate(lm.model, lm.tokenizer, [p.prompt for p in prompts], gen, progress=True)
+        del lm
+        gc.collect()
+    items = [(p.prompt, ra, rb) for p, ra, rb in zip(prompts, responses["a"], responses["b"])]
+    pairs = judge_both_orders(source, items, progress=True)
+    result = win_rate(pairs, n_resamples=args.bootstrap, seed=args.seed)
+
+    rows = []
+    for p, (prompt, ra, rb), pair in zip(prompts, items, pairs):
+        for order, judgement, first, second in (("ab", pair.ab, ra, rb), ("ba", pair.ba, rb, ra)):
+            winner = None if judgement.choice is None else order[judgement.choice]
+            rows.append({"prompt_id": p.id, "order": order, "prompt": prompt, "response_first": first,
+                         "response_second": second, "choice": judgement.choice, "winner": winner,
+                         "score_a": pair.scores_a[0 if order == "ab" else 1], "raw_text": judgement.raw_text})
+    summary = {
+        "a": args.a, "b": args.b, "prompts": args.prompts, "split": args.split, "limit": args.limit,
+        **source.describe(), "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
+        "bootstrap": args.bootstrap, "seed": args.seed, "instruction": JUDGE_TEMPLATE, "lldyn_version": __version__,
+        **dataclasses.asdict(result),
+    }
+    out = Path(args.out)
+    atomic_write_jsonl(out / JUDGEMENTS, rows)
+    atomic_write_json(out / SUMMARY, summary)  # written last: its presence means the results are complete
+    print(result.line())
+    print(f"wrote {len(rows)} judgements to {out / JUDGEMENTS} and the summary to {out / SUMMARY}")
+    return 0

@@ -1,0 +1,528 @@
+"""Preference sources and the judged win rate (paper Sec. 5 / Appendix: "win rate judged by ChatGPT").
+
+A *preference source* says which of two responses to a prompt is better. Three kinds, named by a spec
+(:func:`load_preference_source`):
+
+``hf:MODEL``        a local chat model judges (``hf:`` alone = the embedded SmolLM2-135M-Instruct), greedy;
+``openai:MODEL``    any OpenAI-compatible ``/v1/chat/completions`` endpoint (``base_url``; ``lldyn serve``
+                    is one). The API key is read from the environment variable ``api_key_env`` only and
+                    sent as ``Authorization: Bearer``; it is never written to a file, a log or a message;
+``module:function`` a reward function ``f(prompt: str, response: str) -> float``; the higher reward wins
+                    (chat prompts are passed as their rendered history, see :func:`render_history`).
+
+Every source has ``judge(prompt, a, b) -> Judgement(choice, raw_text)``, ``prefer(prompt, a, b) -> 0 | 1 |
+None`` (0 = a, 1 = b, None = invalid or tie) and ``judge_batch(items)``. Model judges get the paper's
+instruction (:data:`JUDGE_TEMPLATE`: which response is more helpful, a one-sentence comparison, then
+"A" or "B") and their answer goes through :func:`parse_judgement`, which never raises: an answer it
+cannot read is *invalid* (None).
+
+The win rate (:func:`judge_both_orders`, :func:`win_rate`) asks the judge about every prompt in both
+orders (A shown first, then B shown first) to cancel position bias. Each judgement gives A a score of
+1 (A chosen), 0 (B chosen) or 0.5 (invalid or tie); a prompt's score is the mean of its two orders, so
+a position-biased judge that picks whatever comes first scores 0.5 (a tie), and the win rate is the
+mean prompt score with a seeded percentile-bootstrap confidence interval over prompts.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import re
+import socket
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+from lldyn.data import Prompt
+from lldyn.errors import LldynError
+
+# The paper's judge instruction (Ren & Sutherland, Appendix; the authors' evaluation notebook, which
+# follows the DPO paper's HH prompt): which response is more helpful, a one-sentence comparison, then
+# "A" or "B" on a new line.
+JUDGE_TEMPLATE = (
+    "Given the history of multi-round chat, which response is more helpful?\n\n"
+    "History:\n{history}\n\n"
+    "Response A: {response_a}\n\n"
+    "Response B: {response_b}\n\n"
+    "FIRST provide a one-sentence comparison of the two responses and explain which you feel is more helpful. "
+    "SECOND, on a new line, state only \"A\" or \"B\" to indicate which response is more helpful. "
+    "Your response should use the format:\n\n"
+    "Comparison: <one-sentence comparison and explanation>\n"
+    "More helpful: <\"A\" or \"B\">"
+)
+JUDGE_SYSTEM = "You are a helpful assistant."
+SPEC_HELP = "hf:MODEL (local chat model; hf: = embedded SmolLM2), openai:MODEL (OpenAI-compatible endpoint) or module:function"
+_ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+
+
+class Judgement(NamedTuple):
+    """One judgement: ``choice`` 0 = the first response shown (A), 1 = the second (B), None = invalid/tie."""
+
+    choice: int | None
+    raw_text: str
+
+
+def render_history(prompt: Prompt) -> str:
+    """A prompt as the judge reads it: text as is; chat messages as ``Human: ...`` / ``Assistant: ...`` turns."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n\n".join(f"{_ROLE_NAMES.get(m['role'], m['role'].title())}: {m['content']}" for m in prompt)
+
+
+def judge_message(prompt: Prompt, response_a: str, response_b: str) -> str:
+    """The user message sent to a model judge (:data:`JUDGE_TEMPLATE` filled in)."""
+    return JUDGE_TEMPLATE.format(history=render_history(prompt), response_a=response_a.strip(),
+                                 response_b=response_b.strip())
+
+
+# --------------------------------------------------------------------------- reading the judge's answer
+
+# Labels a judge puts before its verdict: the paper's "More helpful:" anywhere in a line (but not "B is
+# more helpful: ..." inside a sentence), and the usual variants at the start of a line.
+_VERDICT_LABEL = re.compile(r"(?<!\bis\s)(?<!\bare\s)\bmore\s+helpful(?:\s+response)?\s*(?:is\s*)?[*_]*\s*[:：=]",
+                            re.IGNORECASE)
+_LINE_LABEL = re.compile(r"^[\s*_#>\-]*(?:final\s+answer|answer|verdict|winner|preferred|preference|choice|"
+                         r"better\s+response|decision)\s*(?:is\s*)?[*_]*\s*[:：=]", re.IGNORECASE)
+_MARKUP = re.compile(r"[*_`\"'“”‘’\[\]()<>{}]")
+_LEADING_WORD = re.compile(r"^(?:(?:the\s+)?(?:response|assistant|answer|option|output)\s*)", re.IGNORECASE)
+_LETTER = re.compile(r"^([AB])(?![A-Za-z0-9])(.*)$", re.IGNORECASE | re.DOTALL)
+_SECOND_LETTER = re.compile(r"^\s*(?:or|and|/|&|,|vs\.?|versus)\s*(?:response\s+)?[AB](?![A-Za-z0-9])", re.IGNORECASE)
+_SENTENCE = re.compile(r"\b(?:response|assistant)\s+([AB])\s+is\s+(?:(?:much|slightly|clearly|far)\s+)?"
+                       r"(?:more\s+helpful|better)\b", re.IGNORECASE)
+_DOUBLE_BRACKET = re.compile(r"\[\[\s*([AB])\s*\]\]")
+# 'The answer to the question "Which response is more helpful?" is "A".' (SmolLM2-135M answers like this)
+_IS_LETTER = re.compile(r"more\s+helpful\W{0,3}\s+is\s*:?\s*[\"“'\[]?([AB])[\"”'\]]?\s*[.!]?\s*$",
+                        re.IGNORECASE | re.MULTILINE)
+
+
+def _letter(segment: str) -> int | None:
+    """``'A'``/``'"B".'``/``'Response A'``/``'[A] because ...'`` → 0/1; anything ambiguous → None."""
+    text = _LEADING_WORD.sub("", _MARKUP.sub(" ", segment).strip()).strip()
+    m = _LETTER.match(text)
+    if not m:
+        return None
+    letter, rest = m.group(1), m.group(2)
+    if _SECOND_LETTER.match(rest):
+        return None  # "A or B", "A and B": the template echoed, or no decision
+    if letter == "a" and re.match(r"^\s+[a-z]", rest) and not re.match(r"^\s+(?:is|because|since|as)\b", rest):
+        return None  # the article "a", as in "More helpful: a response that ..."
+    return 0 if letter.upper() == "A" else 1
+
+
+def parse_judgement(text: str | None) -> int | None:
+    """The judge's verdict in ``text``: 0 (A), 1 (B) or None (malformed, tie, contradictory). Never raises.
+
+    Read in order: the labelled verdict lines (``More helpful: A``, ``**Verdict:** [B]``, ...; all of
+    them must agree); else a last line that is only a letter (``B``, ``"A".``, ``Response B``); else
+    ``[[A]]`` marks; else sentences ``Response X is more helpful/better`` (all must agree); else a line
+    ending ``... more helpful?" is "X".``.
+    """
+    if not isinstance(text, str) or not text.strip():
+        return None
+    labelled = []
+    lines = [line for line in text.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        matches = list(_VERDICT_LABEL.finditer(line)) or list(_LINE_LABEL.finditer(line))
+        if matches:
+            segment = line[matches[-1].end():]
+            if not _MARKUP.sub(" ", segment).strip() and i + 1 < len(lines):
+                segment = lines[i + 1]  # "More helpful:" with the letter on the next line
+            labelled.append(_letter(segment))
+    decided = {c for c in labelled if c is not None}
+    if len(decided) == 1:
+        return decided.pop()
+    if len(decided) > 1:
+        return None  # contradictory verdict lines
+    if labelled:
+        return None  # a verdict line with no readable letter ("More helpful: tie", the template echoed)
+    last = _MARKUP.sub(" ", lines[-1]).strip().rstrip(".!").strip()
+    last = _LEADING_WORD.sub("", last).strip()
+    if re.fullmatch(r"[AB]", last):
+        return 0 if last == "A" else 1
+    for pattern in (_DOUBLE_BRACKET, _SENTENCE, _IS_LETTER):
+        found = {m.group(1).upper() for m in pattern.finditer(text)}
+        if len(found) == 1:
+            return 0 if found.pop() == "A" else 1
+        if len(found) > 1:
+            return None
+    return None
+
+
+# --------------------------------------------------------------------------- preference sources
+
+
+class PreferenceSource:
+    """Shared face of every source: subclasses implement :meth:`judge_batch`."""
+
+    name: str = "source"
+
+    def judge_batch(self, items: Sequence[tuple[Prompt, str, str]], progress: bool = False) -> list[Judgement]:
+        """One :class:`Judgement` per ``(prompt, response_a, response_b)``, in order."""
+        raise NotImplementedError
+
+    def judge(self, prompt: Prompt, response_a: str, response_b: str) -> Judgement:
+        return self.judge_batch([(prompt, response_a, response_b)])[0]
+
+    def prefer(self, prompt: Prompt, response_a: str, response_b: str) -> int | None:
+        """0 = ``response_a`` is better, 1 = ``response_b``, None = invalid or tie."""
+        return self.judge(prompt, response_a, response_b).choice
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready settings for output files (never a secret)."""
+        return {"judge": self.name}
+
+
+def _judge_messages(prompt: Prompt, response_a: str, response_b: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user", "content": judge_message(prompt, response_a, response_b)}]
+
+
+class HFJudge(PreferenceSource):
+    """A local chat model judges with the paper's instruction, greedy (``lldyn.generation.generate``)."""
+
+    def __init__(self, model_name: str, max_new_tokens: int = 128, batch_size: int = 4) -> None:
+        from lldyn.models import EMBEDDED_ALIAS, ModelConfig, load_model
+
+        self.model_name = model_name or EMBEDDED_ALIAS
+        self.name = f"hf:{self.model_name}"
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.lm = load_model(ModelConfig(name=self.model_name))
+
+    def judge_batch(self, items: Sequence[tuple[Prompt, str, str]], progress: bool = False) -> list[Judgement]:
+        from lldyn.generation import GenerationConfig, generate
+
+        positions = getattr(self.lm.model.config, "max_position_embeddings", None) or 4096
+        # Long histories lose their start (left truncation); the instruction's end, the answer format, stays.
+        cfg = GenerationConfig(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                               max_prompt_tokens=max(16, positions - self.max_new_tokens))
+        replies = generate(self.lm.model, self.lm.tokenizer, [_judge_messages(*item) for item in items], cfg,
+                           progress=progress)
+        return [Judgement(parse_judgement(r), r) for r in replies]
+
+    def describe(self) -> dict[str, Any]:
+        return {"judge": self.name, "judge_max_tokens": self.max_new_tokens}
+
+
+def public_url(url: str) -> str:
+    """``url`` without user info, query or fragment: safe to print and to write into output files."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def chat_completions_url(base_url: str) -> str:
+    """``http://h:p`` or ``http://h:p/v1`` → ``http://h:p/v1/chat/completions``."""
+    base = base_url.rstrip("/")
+    if base.endswith("/chat/completions"):
+        return base
+    return base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
+
+
+class OpenAIJudge(PreferenceSource):
+    """Any OpenAI-compatible chat-completions endpoint, through the standard library (temperature 0).
+
+    The key comes only from ``os.environ[api_key_env]`` at request time; it is sent in the
+    Authorization header and appears in no attribute, message or file.
+    """
+
+    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 max_tokens: int = 128, timeout: float = 120.0) -> None:
+        if not model:
+            raise LldynError("missing model name", field="judge", expected="openai:MODEL, e.g. openai:gpt-4o-mini")
+        base = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com"
+        if urllib.parse.urlsplit(base).scheme not in ("http", "https") or not urllib.parse.urlsplit(base).hostname:
+            raise LldynError(f"bad endpoint URL {public_url(base)!r}", field="base-url",
+                             expected="http(s)://HOST[:PORT][/v1]")
+        self.model = model
+        self.name = f"openai:{model}"
+        self.url = chat_completions_url(base)
+        self.api_key_env = api_key_env
+        self.max_tokens = max_tokens
+        self.timeout = timeout
+
+    def describe(self) -> dict[str, Any]:
+        return {"judge": self.name, "base_url": public_url(self.url), "api_key_env": self.api_key_env,
+                "judge_max_tokens": self.max_tokens}
+
+    def ping(self, timeout: float = 10.0) -> None:
+        """Fail early, before any model is loaded, when nothing listens at the endpoint's host and port."""
+        parts = urllib.parse.urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout).close()
+        except OSError as err:
+            raise LldynError(f"cannot reach judge endpoint: {err.strerror or err}", file=public_url(self.url),
+                             field="base-url", expected="a running OpenAI-compatible server (--base-url)") from None
+
+    def complete(self, messages: list[dict[str, str]]) -> str:
+        """The endpoint's reply text (choices[0].message.content); LldynError on any transport problem."""
+        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0,
+                           "max_tokens": self.max_tokens}).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        where = public_url(self.url)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                payload = json.loads(resp.read().decode("utf-8"))
+        except urllib.error.HTTPError as err:
+            hint = f" (is {self.api_key_env} set to a valid key?)" if err.code in (401, 403) else ""
+            raise LldynError(f"judge endpoint answered HTTP {err.code} {err.reason}{hint}", file=where,
+                             field="judge") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+            reason = getattr(err, "reason", None) or err
+            reason = getattr(reason, "strerror", None) or reason
+            raise LldynError(f"cannot reach judge endpoint: {reason}", file=where, field="base-url",
+                             expected="a running OpenAI-compatible server (--base-url)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise LldynError("judge endpoint did not answer JSON", file=where, field="base-url",
+                             expected="an OpenAI-compatible chat completion") from None
+        try:
+            content = payload["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise LldynError("unexpected answer from judge endpoint (no choices[0].message.content)", file=where,
+                             field="base-url", expected="an OpenAI-compatible chat completion") from None
+        return content if isinstance(content, str) else ""
+
+    def judge_batch(self, items: Sequence[tuple[Prompt, str, str]], progress: bool = False) -> list[Judgement]:
+        loop: Any = items
+        if progress:
+            from tqdm.auto import tqdm
+
+            loop = tqdm(items, desc="judging", unit="pair")
+        out = []
+        for item in loop:
+            reply = self.complete(_judge_messages(*item))
+            out.append(Judgement(parse_judgement(reply), reply))
+        return out
+
+
+class RewardFunctionSource(PreferenceSource):
+    """``module:function`` — ``f(prompt: str, response: str) -> float``; the higher reward wins, equal = tie."""
+
+    def __init__(self, module: str, function: str) -> None:
+        self.name = f"{module}:{function}"
+        if os.getcwd() not in sys.path:  # a console script does not put the working directory on sys.path
+            sys.path.insert(0, os.getcwd())
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as err:
+            raise LldynError(f"cannot import reward module {module!r}: {err}", field="judge",
+                             expected="module:function with the module importable (on PYTHONPATH or here)") from None
+        fn = getattr(mod, function, None)
+        if not callable(fn):
+            raise LldynError(f"module {module!r} has no function {function!r}", field="judge",
+                             expected="module:function naming f(prompt, response) -> float")
+        self.fn: Callable[[str, str], Any] = fn
+
+    def reward(self, prompt: Prompt, response: str) -> float:
+        try:
+            value = self.fn(render_history(prompt), response)
+        except Exception as err:  # the user's function failed: one line naming it, not a traceback
+            raise LldynError(f"reward function raised {type(err).__name__}: {err}", field="judge",
+                             file=self.name) from None
+        if isinstance(value, bool) or not hasattr(value, "__float__"):
+            raise LldynError(f"reward function returned {type(value).__name__}", field="judge", file=self.name,
+                             expected="a number")
+        return float(value)
+
+    def judge_batch(self, items: Sequence[tuple[Prompt, str, str]], progress: bool = False) -> list[Judgement]:
+        out = []
+        for prompt, a, b in items:
+            ra, rb = self.reward(prompt, a), self.reward(prompt, b)
+            choice = None if not (math.isfinite(ra) and math.isfinite(rb)) or ra == rb else (0 if ra > rb else 1)
+            out.append(Judgement(choice, f"reward A={ra!r} B={rb!r}"))
+        return out
+
+
+def load_preference_source(spec: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY", *,
+                           max_tokens: int = 128) -> PreferenceSource:
+    """``hf:MODEL`` | ``openai:MODEL`` | ``module:function`` → a :class:`PreferenceSource` (see module doc).
+
+    ``max_tokens`` bounds a model judge's answer (the comparison sentence and the verdict).
+    """
+    spec = (spec or "").strip()
+    kind, sep, rest = spec.partition(":")
+    if spec == "hf" or kind == "hf":
+        return HFJudge(rest, max_new_tokens=max_tokens)
+    if kind == "openai":
+        return OpenAIJudge(rest, base_url, api_key_env, max_tokens=max_tokens)
+    if sep and rest.isidentifier() and kind and all(p.isidentifier() for p in kind.split(".")):
+        return RewardFunctionSource(kind, rest)
+    raise LldynError(f"unknown judge {spec!r}", field="judge", expected=SPEC_HELP)
+
+
+# --------------------------------------------------------------------------- win rate
+
+
+@dataclass(frozen=True)
+class PairJudgement:
+    """A prompt judged in both orders: ``ab`` shows A first, ``ba`` shows B first."""
+
+    ab: Judgement
+    ba: Judgement
+
+    @property
+    def scores_a(self) -> tuple[float, float]:
+        """A's score in each order: 1 chosen, 0 not chosen, 0.5 invalid/tie."""
+        first = 0.5 if self.ab.choice is None else (1.0 if self.ab.choice == 0 else 0.0)
+        second = 0.5 if self.ba.choice is None else (1.0 if self.ba.choice == 1 else 0.0)
+        return first, second
+
+    @property
+    def score_a(self) -> float:
+        """A's score for the prompt: mean of both orders (1 = A both times, 0.5 = tie/inconsistent)."""
+        return sum(self.scores_a) / 2
+
+    @property
+    def preferred(self) -> int | None:
+        """0 (A) or 1 (B) only when both orders agree; None otherwise (position bias, ties, invalid)."""
+        return {1.0: 0, 0.0: 1}.get(self.score_a)
+
+
+def judge_both_orders(source: PreferenceSource, items: Sequence[tuple[Prompt, str, str]],
+                      progress: bool = False) -> list[PairJudgement]:
+    """Judge every ``(prompt, a, b)`` as (a, b) and as (b, a), in one batch."""
+    flat = [(p, a, b) for p, a, b in items] + [(p, b, a) for p, a, b in items]
+    results = source.judge_batch(flat, progress=progress)
+    n = len(items)
+    return [PairJudgement(results[i], results[n + i]) for i in range(n)]
+
+
+def bootstrap_ci(scores: Sequence[float], n_resamples: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``scores`` (N,), resampling with replacement, seeded."""
+    import numpy as np
+
+    x = np.asarray(scores, dtype=float)
+    if x.size == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    chunk = max(1, 2_000_000 // x.size)  # bounded memory for long prompt lists
+    for start in range(0, n_resamples, chunk):
+        stop = min(n_resamples, start + chunk)
+        means[start:stop] = x[rng.integers(0, x.size, size=(stop - start, x.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class WinRate:
+    """The win rate of A over B and how it was made.
+
+    win_rate: mean prompt score of A in [0, 1] (0.5 = no difference); ci_low/ci_high: bootstrap interval;
+    a_wins/b_wins: prompts won by A/B in both orders; split: the other prompts (ties, position bias,
+    invalid answers); invalid: judgements (of 2·n_prompts) the parser could not read;
+    first_position_rate: share of valid judgements that chose the response shown first (0.5 = no bias).
+    """
+
+    win_rate: float
+    ci_low: float
+    ci_high: float
+    level: float
+    n_prompts: int
+    n_judgements: int
+    a_wins: int
+    b_wins: int
+    split: int
+    invalid: int
+    first_position_rate: float | None
+
+    def line(self) -> str:
+        return (f"win rate of A: {self.win_rate:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}] "
+                f"({self.level:.0%} bootstrap) over {self.n_prompts} prompts; A won {self.a_wins}, B won "
+                f"{self.b_wins}, split {self.split}; {self.invalid}/{self.n_judgements} judgements invalid")
+
+
+def win_rate(pairs: Sequence[PairJudgement], n_resamples: int = 2000, level: float = 0.95, seed: int = 0) -> WinRate:
+    """Aggregate both-order judgements into a :class:`WinRate` (see the module docstring for the scoring)."""
+    scores = [p.score_a for p in pairs]
+    low, high = bootstrap_ci(scores, n_resamples, level, seed)
+    valid = [j.choice for p in pairs for j in (p.ab, p.ba) if j.choice is not None]
+    return WinRate(
+        win_rate=sum(scores) / len(scores) if scores else math.nan, ci_low=low, ci_high=high, level=level,
+        n_prompts=len(pairs), n_judgements=2 * len(pairs),
+        a_wins=sum(p.preferred == 0 for p in pairs), b_wins=sum(p.preferred == 1 for p in pairs),
+        split=sum(p.preferred is None for p in pairs),
+        invalid=sum(j.choice is None for p in pairs for j in (p.ab, p.ba)),
+        first_position_rate=(sum(c == 0 for c in valid) / len(valid)) if valid else None,
+    )
+
+
+# --------------------------------------------------------------------------- prompts and models
+
+
+class HeldOutPrompt(NamedTuple):
+    id: str
+    prompt: Prompt
+
+
+def load_prompts(source: str, split: str = "test", limit: int | None = None) -> list[HeldOutPrompt]:
+    """Prompts to judge on: preference data (its prompts) or a JSONL/JSON/Parquet file of ``{"prompt": ...}``
+    rows (optional ``id``); ``builtin:test`` and ``hf:NAME`` work as in :func:`lldyn.data.load_preferences`."""
+    from lldyn.data import _prompt, load_preferences, parse_preference_row, read_rows
+
+    if limit is not None and limit < 1:
+        raise LldynError(f"--limit must be >= 1, got {limit}", field="limit", expected="a positive integer")
+    source = str(source)
+    if source == "builtin" or source.startswith(("builtin:", "hf:")) or not Path(source).expanduser().exists():
+        # built-in, Hugging Face names (hf:NAME or owner/name), and missing files: the preference loader
+        # reads them or names the problem
+        return [HeldOutPrompt(p.id, p.prompt) for p in load_preferences(source, split, limit)]
+    path = Path(source).expanduser()
+    stem = path.name.split(".")[0]
+    out: list[HeldOutPrompt] = []
+    seen: set[str] = set()
+    for i, (row, where) in enumerate(read_rows(path)):
+        if "chosen" in row:
+            ex = parse_preference_row(row, where, i, stem)
+            pid, prompt = ex.id, ex.prompt
+        elif "prompt" in row:
+            pid, prompt = str(row.get("id", f"{stem}-{i}")), _prompt(row["prompt"], where)
+        else:
+            raise where.error("missing field", field="prompt",
+                              expected='rows with "prompt" (a string or chat messages) or preference pairs')
+        if pid in seen:
+            raise where.error(f"duplicate id {pid!r}", field="id", expected="unique ids")
+        seen.add(pid)
+        out.append(HeldOutPrompt(pid, prompt))
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise LldynError("no prompts found (empty file?)", file=str(path), expected='rows with a "prompt" field')
+    return out
+
+
+def is_run_dir(spec: str) -> bool:
+    """A directory lldyn trained into (config.json plus metrics.jsonl or checkpoints/, or a config with a method)."""
+    path = Path(spec).expanduser()
+    if not (path.is_dir() and (path / "config.json").is_file()):
+        return False
+    if (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir():
+        return True
+    try:
+        return "method" in json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def load_model_or_run(spec: str):
+    """A model spec (alias, .gguf, model directory, Hub id) or an lldyn run directory → LoadedModel."""
+    if is_run_dir(spec):
+        from lldyn.train import load_run_model  # heavy, and only needed for run directories
+
+        return load_run_model(spec)
+    from lldyn.models import ModelConfig, load_model
+
+    return load_model(ModelConfig(name=spec))
