@@ -9,18 +9,24 @@ off-policy DPO) and when π is peaky. This module holds
 - the theory toy (``# --- theory toy ---``): a linear softmax head z = W x, π = softmax(z), trained
   by plain gradient steps, with the metrics and claims behind ``lldyn squeeze-toy`` and
   ``docs/squeezing.md``;
-- (later) the live squeeze alarm and risk score read from a training run.
+- the live squeeze alarm (``# --- live alarm ---``): a tracker callback that flags evaluations where
+  log π of y+ and y− both fall while log π(y*) and the top-1 mass rise, and the intervals the
+  report shades. The squeeze risk predicted before training is in :mod:`lldyn.squeeze_risk`.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import torch
 
 from lldyn.config import check
+
+if TYPE_CHECKING:
+    from lldyn.tracking import TrackSummary
 
 # --- theory toy ---
 #
@@ -719,3 +725,146 @@ def _fmt(v) -> str:
     if v == 0 or 1e-3 <= abs(v) < 1e4:
         return f"{v:.4f}"
     return f"{v:.3g}"
+
+
+# --- live alarm ---
+#
+# The tracker's squeeze signals (lldyn.tracking.SIGNALS, means over the probe prompts) at two
+# evaluations are compared: off-policy DPO squeezes when log π(y+) and log π(y−) both fall while the
+# teacher-forced argmax y* and the top-1 probability along the responses rise (paper Sec. 4.2 and
+# Fig. 4: the mass freed by the negative gradient goes to the argmax, not to y+).
+
+log = logging.getLogger("lldyn")
+
+ALARM_DELTAS = ("logp_chosen", "logp_rejected", "logp_argmax", "top1")
+
+
+@dataclass(frozen=True)
+class SqueezeAlarmConfig:
+    """When the squeeze alarm fires.
+
+    logp_tol: nats; a mean log π (summed over response tokens) must fall, or rise, by more than this
+        to count, both since the previous evaluation and since the first one.
+    top1_tol: the same for the mean top-1 probability along the y+ and y− positions.
+    """
+
+    logp_tol: float = 0.05
+    top1_tol: float = 1e-3
+
+    def __post_init__(self) -> None:
+        check(self.logp_tol >= 0, "logp_tol", f"must be >= 0, got {self.logp_tol}", "a tolerance in nats")
+        check(self.top1_tol >= 0, "top1_tol", f"must be >= 0, got {self.top1_tol}", "a probability tolerance")
+
+
+def squeeze_deltas(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """The four alarm deltas between two evaluations' signals (keys of ``lldyn.tracking.SIGNALS``).
+
+    Returns ``logp_chosen``, ``logp_rejected``, ``logp_argmax``: changes of mean log π(y+), log π(y−),
+    log π(y*); ``top1``: change of the top-1 mass, the mean of ``top1_chosen`` and ``top1_rejected``.
+    A missing signal gives NaN (and so no alarm).
+    """
+    def get(signals: Mapping[str, float], key: str) -> float:
+        value = signals.get(key)
+        return math.nan if value is None else float(value)
+
+    def top1(signals: Mapping[str, float]) -> float:
+        return 0.5 * (get(signals, "top1_chosen") + get(signals, "top1_rejected"))
+
+    out = {k: get(after, k) - get(before, k) for k in ALARM_DELTAS[:3]}
+    out["top1"] = top1(after) - top1(before)
+    return out
+
+
+def is_squeezing(deltas: Mapping[str, float], config: SqueezeAlarmConfig = SqueezeAlarmConfig()) -> bool:
+    """y+ and y− fall, y* and the top-1 mass rise, each beyond its tolerance (NaN never counts)."""
+    tol = config.logp_tol
+    return bool(deltas["logp_chosen"] < -tol and deltas["logp_rejected"] < -tol
+                and deltas["logp_argmax"] > tol and deltas["top1"] > config.top1_tol)
+
+
+def squeeze_flags(signals: Sequence[Mapping[str, float]],
+                  config: SqueezeAlarmConfig = SqueezeAlarmConfig()) -> list[bool]:
+    """Alarm state of each evaluation, in step order: squeezing compared with the previous one *and*
+    with the first one (``signals[0]``, step 0). The first evaluation never fires."""
+    flags = [False]
+    for i in range(1, len(signals)):
+        flags.append(is_squeezing(squeeze_deltas(signals[i - 1], signals[i]), config)
+                     and is_squeezing(squeeze_deltas(signals[0], signals[i]), config))
+    return flags[:len(signals)]
+
+
+def _interval_start(steps: Sequence[int], flags: Sequence[bool], last: int) -> int:
+    """Start of the run of alarms ending at index ``last``: the evaluation before its first alarm
+    (the squeeze is measured from there)."""
+    first = last
+    while first > 0 and flags[first - 1]:
+        first -= 1
+    return steps[first - 1] if first > 0 else steps[first]
+
+
+class SqueezeAlarm:
+    """Tracker callback ``fn(summary, history) -> dict`` (see ``lldyn.tracking``) for the squeeze.
+
+    Returns, for every evaluation, ``squeeze/alarm`` (bool) and ``squeeze/since_step`` (the step of
+    the evaluation from which the current run of alarms is measured, None when silent), plus the
+    four deltas since the previous evaluation ``squeeze/d_logp_chosen``, ``squeeze/d_logp_rejected``,
+    ``squeeze/d_logp_argmax``, ``squeeze/d_top1`` (absent at the first evaluation). When it fires it
+    logs one warning line on the ``lldyn`` logger.
+
+    Stateless: the state is recomputed from ``history`` (which ends with ``summary``), so a resumed
+    run gives the same answers as an uninterrupted one.
+    """
+
+    def __init__(self, config: SqueezeAlarmConfig = SqueezeAlarmConfig()) -> None:
+        self.config = config
+
+    def __call__(self, summary: "TrackSummary", history: Sequence["TrackSummary"]) -> dict[str, Any]:
+        evals = sorted({s.step: s for s in [*history, summary]}.values(), key=lambda s: s.step)
+        evals = [s for s in evals if s.step <= summary.step]
+        if len(evals) < 2:
+            return {"squeeze/alarm": False, "squeeze/since_step": None}
+        flags = squeeze_flags([s.signals for s in evals], self.config)
+        steps = [s.step for s in evals]
+        deltas = squeeze_deltas(evals[-2].signals, evals[-1].signals)
+        firing = flags[-1]
+        since = _interval_start(steps, flags, len(flags) - 1) if firing else None
+        out: dict[str, Any] = {"squeeze/alarm": firing, "squeeze/since_step": since}
+        out.update({f"squeeze/d_{k}": v for k, v in deltas.items()})
+        if firing:
+            log.warning(
+                "squeeze alarm at step %d (squeezing since step %d): since step %d, log π(y+) %+.3f, "
+                "log π(y−) %+.3f, log π(y*) %+.3f, top-1 prob %+.4f: the negative gradient is pushing mass "
+                "into the argmax (see docs/squeezing.md)", summary.step, since, steps[-2],
+                deltas["logp_chosen"], deltas["logp_rejected"], deltas["logp_argmax"], deltas["top1"])
+        return out
+
+
+def squeeze_alarm(config: SqueezeAlarmConfig = SqueezeAlarmConfig()) -> SqueezeAlarm:
+    """The squeeze alarm as a tracker callback: ``Tracker(..., callbacks=[squeeze_alarm()])``."""
+    return SqueezeAlarm(config)
+
+
+def squeeze_intervals(metrics_rows: Iterable[Mapping[str, Any]],
+                      config: SqueezeAlarmConfig = SqueezeAlarmConfig()) -> list[tuple[int, int]]:
+    """Step intervals ``(start, end)`` during which the alarm fired, for the report to shade.
+
+    metrics_rows: a run's ``metrics.jsonl`` rows; only ``event == "probes"`` rows are read (the last
+    row of a step wins). A row's recorded ``squeeze/alarm`` is used when present; otherwise the alarm
+    is recomputed from its ``signal/*`` keys with ``config``, so runs tracked without the callback are
+    shaded too. ``start`` is the evaluation before the first alarm of a run of alarms, ``end`` the
+    last alarm's step.
+    """
+    by_step: dict[int, Mapping[str, Any]] = {}
+    for row in metrics_rows:
+        if row.get("event") == "probes" and "step" in row:
+            by_step[int(row["step"])] = row
+    steps = sorted(by_step)
+    rows = [by_step[s] for s in steps]
+    computed = squeeze_flags([{k[len("signal/"):]: v for k, v in r.items() if k.startswith("signal/")}
+                              for r in rows], config)
+    flags = [bool(r["squeeze/alarm"]) if r.get("squeeze/alarm") is not None else c for r, c in zip(rows, computed)]
+    intervals = []
+    for i, on in enumerate(flags):
+        if on and (i + 1 == len(flags) or not flags[i + 1]):
+            intervals.append((_interval_start(steps, flags, i), steps[i]))
+    return intervals

@@ -1,0 +1,239 @@
+"""Validate the squeeze risk score against what off-policy DPO actually does (issue 7, run once).
+
+On SmolLM2-135M-Instruct and real HH-RLHF pairs (``../shared/data/hh-rlhf``):
+
+1. select the first ``--pairs`` pairs (file order) whose prompt has at most ``--max-prompt-tokens``
+   tokens and whose two responses have at most ``--max-response-tokens`` tokens each (EOS included)
+   under the chat template, so nothing is truncated, and whose responses differ;
+2. at step 0, compute the squeeze risk and the CHES baseline of every pair
+   (:func:`lldyn.squeeze_risk.squeeze_risk`) and log π(y+), log π(y−), log π(y*) with the engine;
+3. run ``--steps`` off-policy DPO steps on exactly those pairs with ``lldyn.train.train`` (AdamW,
+   constant learning rate, reference = the starting model);
+4. score the pairs again and report Spearman(score, −Δ log π(y+)) for the risk score, its parts,
+   CHES and two length baselines, with two-sided permutation p-values.
+
+Writes ``OUT/results.json`` (everything), ``OUT/pairs.jsonl`` (per pair: scores and changes),
+``OUT/train_pairs.jsonl`` (the selected pairs) and the run directory ``OUT/run`` (its checkpoint is
+deleted at the end unless ``--keep-checkpoint``), and prints a Markdown table for docs/squeezing.md.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/validate_squeeze_risk.py --out runs/validate-squeeze-risk
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+
+# name → (what it is, how to read it from a pair's row); higher = predicted larger drop of log π(y+).
+PREDICTORS = {
+    "risk": "squeeze risk (mean over y− tokens of c−‖π−e_y‖ · top-1 · −log π(y−_t))",
+    "risk_sum": "squeeze risk × len(y−) (summed over y− tokens)",
+    "ches": "CHES (Razin et al. 2024)",
+    "ches_ln": "length-normalised CHES (Razin et al. 2024)",
+    "neg_surprise": "part: −mean log π(y−) per token",
+    "neg_top1": "part: mean top-1 probability along y−",
+    "neg_low_entropy": "part: −mean entropy along y−",
+    "neg_residual": "part: mean c−‖π − e_y‖ along y−",
+    "n_tokens_chosen": "baseline: length of y+",
+    "n_tokens_rejected": "baseline: length of y−",
+    "logp_chosen": "baseline: log π(y+) at step 0",
+}
+# Targets: the drop of log π(y+) (summed over its tokens, what the issue asks for) and the same per token
+# of y+ (which takes out the length of y+, a strong confound of the summed drop).
+TARGETS = {"drop": "−Δ log π(y+)", "drop_per_token": "−Δ log π(y+) per token of y+"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--out", default=str(ROOT / "runs" / "validate-squeeze-risk"))
+    p.add_argument("--pairs", type=int, default=48)
+    p.add_argument("--steps", type=int, default=24)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-prompt-tokens", type=int, default=96)
+    p.add_argument("--max-response-tokens", type=int, default=48)
+    p.add_argument("--permutations", type=int, default=10000)
+    p.add_argument("--keep-checkpoint", action="store_true")
+    p.add_argument("--reanalyse", action="store_true",
+                   help="no model: recompute the tables from OUT/pairs.jsonl and update OUT/results.json")
+    return p.parse_args(argv)
+
+
+def select_pairs(pairs, encoder, n: int, max_prompt: int, max_response: int):
+    """The first ``n`` pairs that fit the token limits untruncated and have two different responses."""
+    chosen = []
+    for p in pairs:
+        if p.chosen.strip() == p.rejected.strip():
+            continue
+        if len(encoder.prompt(p.prompt)) > max_prompt:
+            continue
+        if any(len(encoder.pair(p.prompt, r).response_ids) > max_response for r in (p.chosen, p.rejected)):
+            continue
+        chosen.append(p)
+        if len(chosen) == n:
+            break
+    return chosen
+
+
+def engine_scores(model, tokenizer, pairs, config):
+    """(log π(y+), log π(y−), log π(y*)) per pair, y* the teacher-forced argmax along y+."""
+    from lldyn.scoring import ScoreRequest, score
+
+    reqs = [ScoreRequest(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)]
+    res = score(model, tokenizer, reqs, config)
+    return [(res[2 * i].logp, res[2 * i + 1].logp, res[2 * i].argmax_logp) for i in range(len(pairs))]
+
+
+def analyse(rows: list[dict], permutations: int, seed: int) -> dict:
+    """Spearman ρ and permutation p of every predictor against every target, from per-pair rows."""
+    from lldyn.squeeze_risk import spearman, spearman_permutation_p
+
+    targets = {"drop": [-r["d_logp_chosen"] for r in rows],
+               "drop_per_token": [-r["d_logp_chosen"] / r["n_tokens_chosen"] for r in rows]}
+    table = {}
+    for name, what in PREDICTORS.items():
+        xs = [r[name] for r in rows]
+        table[name] = {"what": what}
+        for target, ys in targets.items():
+            table[name][target] = {"spearman": spearman(xs, ys),
+                                   "p_value": spearman_permutation_p(xs, ys, permutations, seed)}
+        table[name]["rho_with_len_chosen"] = spearman(xs, [r["n_tokens_chosen"] for r in rows])
+    return table
+
+
+def print_tables(results: dict) -> None:
+    s = results["summary"]
+    print(f"\nmean Δ log π: y+ {s['mean_d_logp_chosen']:+.3f}, y− {s['mean_d_logp_rejected']:+.3f}, "
+          f"y* {s['mean_d_logp_argmax']:+.3f}; y+ fell for {s['frac_chosen_fell']:.0%} of pairs, "
+          f"y+ and y− both for {s['frac_both_fell']:.0%}")
+    head = " | ".join(f"ρ with {t} | p" for t in TARGETS.values())
+    print(f"\n| predictor | {head} | ρ with len(y+) |\n| --- |" + " ---: | ---: |" * len(TARGETS) + " ---: |")
+    pval = lambda p: f"{p:.3f}" if p >= 0.001 else "<0.001"  # noqa: E731
+    for c in results["correlations"].values():
+        cells = " | ".join(f"{c[t]['spearman']:+.3f} | {pval(c[t]['p_value'])}" for t in TARGETS)
+        print(f"| {c['what']} | {cells} | {c['rho_with_len_chosen']:+.2f} |")
+    print(f"\n(|ρ| > {s['rho_null_95']:.2f} is needed for p < 0.05 with n = {s['n_pairs']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import numpy as np
+    import torch
+
+    from lldyn.data import load_preferences
+    from lldyn.io import atomic_write_json, atomic_write_jsonl
+    from lldyn.models import ModelConfig, load_model
+    from lldyn.scoring import Encoder, ScoreConfig
+    from lldyn.squeeze_risk import SqueezeRiskConfig, rank_pairs, squeeze_risk
+    from lldyn.train import TrainConfig, train
+
+    args = parse_args(argv)
+    if args.reanalyse:
+        out = Path(args.out)
+        rows = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+        for row in rows:
+            row.setdefault("neg_low_entropy", -row["neg_entropy"])
+        results = json.loads((out / "results.json").read_text())
+        results["correlations"] = analyse(rows, args.permutations, args.seed)
+        results["targets"] = TARGETS
+        results["reanalysed"] = "correlations recomputed from pairs.jsonl (no model run) by --reanalyse"
+        atomic_write_json(out / "results.json", results)
+        print_tables(results)
+        return 0
+    if not Path(args.data).is_file():
+        print(f"validate_squeeze_risk: data not found: {args.data} (needs ../shared/data)", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    max_length = args.max_prompt_tokens + args.max_response_tokens
+    score_cfg = ScoreConfig(max_length=max_length, max_prompt_tokens=args.max_prompt_tokens)
+
+    t_start = time.perf_counter()
+    lm = load_model(ModelConfig(name=args.model))
+    all_pairs = load_preferences(args.data, skip_invalid=True)
+    pairs = select_pairs(all_pairs, Encoder(lm.tokenizer, score_cfg), args.pairs, args.max_prompt_tokens,
+                         args.max_response_tokens)
+    if len(pairs) < args.pairs:
+        print(f"only {len(pairs)} pairs fit the limits", file=sys.stderr)
+    data_file = out / "train_pairs.jsonl"
+    atomic_write_jsonl(data_file, [p.to_json() for p in pairs])
+    print(f"{len(pairs)} pairs selected from {len(all_pairs)} (prompt <= {args.max_prompt_tokens}, "
+          f"responses <= {args.max_response_tokens} tokens)", flush=True)
+
+    t0 = time.perf_counter()
+    risks = squeeze_risk(lm.model, lm.tokenizer, pairs, SqueezeRiskConfig(beta=args.beta, score=score_cfg))
+    t_risk = time.perf_counter() - t0
+    before = engine_scores(lm.model, lm.tokenizer, pairs, score_cfg)
+    del lm
+    print(f"step-0 risk + CHES for {len(pairs)} pairs: {t_risk:.1f} s", flush=True)
+
+    run_dir = out / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # this script's own previous run
+    cfg = TrainConfig(method="dpo", model=args.model, data=str(data_file), out=str(run_dir), steps=args.steps,
+                      batch_size=args.batch_size, lr=args.lr, optimizer="adamw", scheduler="constant",
+                      beta=args.beta, max_length=max_length, max_prompt_tokens=args.max_prompt_tokens,
+                      seed=args.seed, eval_every=0, keep_checkpoints=1, initial_sample=False)
+    t0 = time.perf_counter()
+    result = train(cfg, progress=False)
+    t_train = time.perf_counter() - t0
+    after = engine_scores(result.model, result.tokenizer, pairs, score_cfg)
+    print(f"{args.steps} DPO steps: {t_train:.1f} s", flush=True)
+    if not args.keep_checkpoint:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+    d_chosen = np.array([a[0] - b[0] for a, b in zip(after, before)])
+    d_rejected = np.array([a[1] - b[1] for a, b in zip(after, before)])
+    d_argmax = np.array([a[2] - b[2] for a, b in zip(after, before)])
+    ranked = {r.id: r for r in rank_pairs(risks)}
+    rows = []
+    for r, b, dc, dr, da in zip(risks, before, d_chosen, d_rejected, d_argmax):
+        row = ranked[r.id].to_json()
+        row.update({"neg_low_entropy": -r.neg_entropy, "logp_argmax": b[2], "d_logp_chosen": float(dc),
+                    "d_logp_rejected": float(dr), "d_logp_argmax": float(da)})
+        rows.append(row)
+    correlations = analyse(rows, args.permutations, args.seed)
+    n = len(pairs)
+    summary = {
+        "n_pairs": n, "mean_d_logp_chosen": float(d_chosen.mean()), "mean_d_logp_rejected": float(d_rejected.mean()),
+        "mean_d_logp_argmax": float(d_argmax.mean()), "frac_chosen_fell": float((d_chosen < 0).mean()),
+        "frac_both_fell": float(((d_chosen < 0) & (d_rejected < 0)).mean()),
+        "median_d_logp_chosen": float(np.median(d_chosen)),
+        "rho_null_95": 1.96 / float(np.sqrt(n - 1)),
+    }
+    train_rows = [r for r in result.run.metrics() if r.get("event") == "train"]
+    results = {
+        "what": "Spearman(score at step 0, -Δ log π(y+) after off-policy DPO), "
+                f"{args.model}, {Path(args.data).name}",
+        "targets": TARGETS,
+        "args": vars(args), "data": str(args.data), "seconds": {"risk_and_ches": t_risk, "train": t_train,
+                                                                "total": time.perf_counter() - t_start},
+        "train": {"first_loss": train_rows[0].get("loss") if train_rows else None,
+                  "last_loss": train_rows[-1].get("loss") if train_rows else None,
+                  "last_reward_acc": train_rows[-1].get("reward_acc") if train_rows else None},
+        "summary": summary, "correlations": correlations, "pair_ids": [p.id for p in pairs],
+    }
+    atomic_write_json(out / "results.json", results)
+    atomic_write_jsonl(out / "pairs.jsonl", rows)
+
+    print_tables(results)
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
