@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/lldyn demo
 
 test: $(STAMP)
+	command -v chromium >/dev/null || (apt-get install -y -q chromium >/dev/null 2>&1 || echo "chromium not installed: browser test will skip")
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -87,33 +89,82 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _remove_leftovers(directory: Path) -> None:
+    """Delete ``.tmp-*`` / ``.old-*`` directories of writers that no longer run (a killed run leaves them)."""
+    for path in directory.iterdir():
+        pid = path.name.rsplit("-", 1)[-1]
+        if not (path.name.startswith((".tmp-", ".old-")) and pid.isdigit() and path.is_dir()):
+            continue
+        if int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue  # another live process is writing here
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _torch_save(value: Any, path: Path) -> None:
+    # Through a Python file object, so a failed write keeps its OSError (see _io_failure).
+    with open(path, "wb") as fh:
+        torch.save(value, fh)
+
+
+def _io_failure(err: BaseException) -> str | None:
+    """The OS error behind a failed write, or None for any other exception (a bug, re-raised).
+
+    torch.save reports a full disk as a RuntimeError raised while handling the OSError, and
+    safetensors as a SafetensorError naming "os error 28"; both are found here.
+    """
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen.strerror or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    match = re.search(r"os error (\d+)", str(err))
+    return os.strerror(int(match.group(1))) if match else None
+
+
 def save_checkpoint(directory: str | Path, step: int, model: Any, optimizer: Any = None, scheduler: Any = None,
                     state: dict[str, Any] | None = None, keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically into ``directory`` and keep only the last ``keep``."""
+    """Write checkpoint ``step`` atomically into ``directory`` and keep only the last ``keep``.
+
+    A failed write (disk full, permissions) removes the partial copy, leaves the previous
+    checkpoints as they were and raises :class:`LldynError` naming the checkpoint.
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{PREFIX}{step:08d}"
     tmp = directory / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(directory)
+        tmp.mkdir()
+    except OSError as err:
+        raise LldynError(f"cannot write checkpoint: {err.strerror}", file=str(final)) from None
     try:
         save_file(trainable_state(model), str(tmp / WEIGHTS), metadata={"step": str(step)})
         if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+            _torch_save(optimizer.state_dict(), tmp / OPTIMIZER)
         if scheduler is not None:
-            torch.save(scheduler.state_dict(), tmp / SCHEDULER)
-        torch.save(rng_state(), tmp / RNG)
+            _torch_save(scheduler.state_dict(), tmp / SCHEDULER)
+        _torch_save(rng_state(), tmp / RNG)
         atomic_write_json(tmp / STATE, {"step": step, **(state or {})})
         if final.exists():  # the same step saved again (e.g. end of a phase): replace it
             old = directory / f".old-{final.name}-{os.getpid()}"
             final.rename(old)
             shutil.rmtree(old, ignore_errors=True)
         tmp.rename(final)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        cause = err.message.removeprefix("cannot write: ") if isinstance(err, LldynError) else _io_failure(err)
+        if cause is None:
+            raise
+        raise LldynError(f"cannot write checkpoint: {cause}", file=str(final),
+                         expected="free disk space; the previous checkpoint is left intact") from None
     if keep > 0:
         for old in list_checkpoints(directory)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -123,7 +174,12 @@ def save_checkpoint(directory: str | Path, step: int, model: Any, optimizer: Any
 def _load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors name the offending type
+    except pickle.UnpicklingError as err:  # a Python object other than tensors, numbers and containers
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        detail = f"it calls {refused.group(1)}" if refused else str(err).splitlines()[0]
+        raise LldynError(f"refused to load: the file holds more than tensors and numbers ({detail}); loading it "
+                         "could run code", file=str(path), expected="a checkpoint written by lldyn") from None
+    except Exception as err:
         raise LldynError(f"cannot read checkpoint file: {str(err).splitlines()[0]}", file=str(path)) from None
 
 

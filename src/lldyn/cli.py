@@ -15,18 +15,32 @@ from lldyn.errors import LldynError
 
 # Order is the order shown by ``lldyn --help``.
 COMMANDS: tuple[str, ...] = (
+    "decompose",
+    "demo",
+    "judge",
     "mnist",
     "probes",
     "report",
+    "reproduce",
     "score",
+    "serve",
+    "squeeze_risk",
     "squeeze_toy",
+    "train",
 )
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong and where to look), not the whole usage text."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from lldyn import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="lldyn",
         description="Show, explain and predict what each finetuning step does to an LLM's responses.",
     )
@@ -35,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         importlib.import_module(f"lldyn.commands.{name}").register(sub)
     return parser
+
+
+def _close_progress_bars() -> None:
+    """A failure mid-loop leaves a tqdm bar open, which would redraw itself after the error line."""
+    std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(std.tqdm, "_instances", ()) if std else ()):
+        bar.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except LldynError as err:
+        _close_progress_bars()
         print(f"lldyn {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ config is written to the run directory with :func:`config_to_dict`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -106,6 +107,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as err:
         line = getattr(err, "lineno", None)
         msg = getattr(err, "msg", str(err))
+        where = re.search(r"\s*\(at line (\d+), column (\d+)\)", msg)  # Python < 3.14 has no err.lineno
+        if line is None and where:
+            line, msg = int(where.group(1)), msg[:where.start()] + f" at column {where.group(2)}"
         raise LldynError(f"invalid TOML: {msg}", file=str(path), line=line) from None
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -34,6 +35,13 @@ HH_ASSISTANT = "\n\nAssistant:"
 HH_HUMAN = "\n\nHuman:"
 BUILTIN = "builtin"
 log = logging.getLogger("lldyn")
+# Resource limits (docs/reliability.md): rows are streamed, but the examples lldyn keeps are held in
+# memory, so a file with more rows than this is refused unless --limit reads only its first rows.
+MAX_ROWS_ENV = "LLDYN_MAX_ROWS"
+DEFAULT_MAX_ROWS = 1_000_000
+# A .json file is one document that must be parsed whole; above this size use .jsonl (streamed).
+MAX_JSON_BYTES_ENV = "LLDYN_MAX_JSON_BYTES"
+DEFAULT_MAX_JSON_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -65,15 +73,55 @@ class SFTExample:
 # --------------------------------------------------------------------------- reading rows
 
 
-def _open_text(path: Path):
+def _env_limit(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise LldynError(f"bad value {raw!r} in the environment", field=name, expected="a positive integer")
+    return value
+
+
+def max_rows() -> int:
+    """The most rows lldyn reads from one data or probe file (``$LLDYN_MAX_ROWS``, default 1,000,000)."""
+    return _env_limit(MAX_ROWS_ENV, DEFAULT_MAX_ROWS)
+
+
+def too_many_rows(file: str | Path, cap: int, what: str = "rows") -> LldynError:
+    return LldynError(f"more than {cap:,} {what}: too many to hold in memory (limit {MAX_ROWS_ENV}={cap})",
+                      file=str(file), field=MAX_ROWS_ENV,
+                      expected=f"--limit N to read only the first N (streamed), or a larger {MAX_ROWS_ENV}")
+
+
+def _capped(rows: Iterator[tuple[dict[str, Any], Where]], file: str | Path) -> Iterator[tuple[dict[str, Any], Where]]:
+    """Pass rows through, refusing the one after :func:`max_rows` (a consumer with a limit stops earlier)."""
+    cap = max_rows()
+    for n, item in enumerate(rows):
+        if n >= cap:
+            raise too_many_rows(file, cap)
+        yield item
+
+
+def _open_bytes(path: Path):
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return gzip.open(path, "rb")
+    return open(path, "rb")
 
 
 def read_rows(source: str | Path) -> Iterator[tuple[dict[str, Any], Where]]:
-    """Yield ``(row, where)`` from a JSONL(.gz), JSON (a list of objects) or Parquet file."""
-    path = Path(source)
+    """Yield ``(row, where)`` from a JSONL(.gz), JSON (a list of objects) or Parquet file.
+
+    JSONL and Parquet are streamed; more than :func:`max_rows` rows is an error (stop reading
+    earlier to take only the first rows of a bigger file).
+    """
+    return _capped(_read_rows(Path(source)), source)
+
+
+def _read_rows(path: Path) -> Iterator[tuple[dict[str, Any], Where]]:
     if not path.exists():
         raise LldynError("data file not found", file=str(path))
     if path.is_dir():
@@ -84,8 +132,13 @@ def read_rows(source: str | Path) -> Iterator[tuple[dict[str, Any], Where]]:
         yield from _read_parquet(path)
         return
     if name.endswith((".json", ".json.gz")):
+        cap = _env_limit(MAX_JSON_BYTES_ENV, DEFAULT_MAX_JSON_BYTES)
+        if path.stat().st_size > cap:
+            raise LldynError(f"{path.stat().st_size:,} bytes is too large to parse as one JSON document "
+                             f"(limit {MAX_JSON_BYTES_ENV}={cap})", file=str(path), field=MAX_JSON_BYTES_ENV,
+                             expected="a .jsonl file (one object per line, streamed) or a larger limit")
         try:
-            with _open_text(path) as fh:
+            with _open_bytes(path) as fh:
                 data = json.load(fh)
         except json.JSONDecodeError as err:
             raise LldynError(f"invalid JSON: {err.msg}", file=str(path), line=err.lineno) from None
@@ -106,11 +159,16 @@ def read_rows(source: str | Path) -> Iterator[tuple[dict[str, Any], Where]]:
         raise LldynError("unknown data file format", file=str(path),
                          expected="a .jsonl, .jsonl.gz, .json or .parquet file")
     try:
-        with _open_text(path) as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
+        with _open_bytes(path) as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                if not raw.strip():
                     continue
                 where = Where(str(path), lineno)
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise where.error(f"not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1})",
+                                      expected="UTF-8 encoded JSON lines") from None
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
@@ -124,14 +182,21 @@ def read_rows(source: str | Path) -> Iterator[tuple[dict[str, Any], Where]]:
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[dict[str, Any], Where]]:
+    """Rows of a Parquet file, streamed in record batches (never the whole table in memory)."""
     import pyarrow.parquet as pq
 
+    i = 0
     try:
-        table = pq.read_table(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield row, Where(f"{path} row {i}", None)
+                i += 1
+    except LldynError:
+        raise
     except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...
-        raise LldynError(f"cannot read Parquet file: {err}", file=str(path)) from None
-    for i, row in enumerate(table.to_pylist()):
-        yield row, Where(f"{path} row {i}", None)
+        raise LldynError(f"cannot read Parquet file: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
+                         file=str(path), expected="a Parquet file") from None
 
 
 # --------------------------------------------------------------------------- field checks
@@ -300,14 +365,19 @@ def _source_rows(source: str, split: str) -> tuple[Iterator[tuple[dict[str, Any]
         want = source.partition(":")[2] or None
         return read_rows(builtin_path()), "builtin", want
     if source.startswith("hf:"):
-        return _hf_rows(source[3:], split), source[3:], None
+        return _capped(_hf_rows(source[3:], split), source[3:]), source[3:], None
     path = Path(source).expanduser()
     if path.exists() or any(source.endswith(s) for s in (".jsonl", ".json", ".parquet", ".gz", ".ndjson")):
         return read_rows(path), path.name.split(".")[0], None
     if "/" in source and not source.startswith((".", "/", "~")):
-        return _hf_rows(source, split), source, None
+        return _capped(_hf_rows(source, split), source), source, None
     raise LldynError("data not found", file=source,
                      expected="a data file (.jsonl/.json/.parquet), 'builtin[:train|:test]' or hf:NAME")
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise LldynError(f"limit must be >= 1, got {limit}", field="limit", expected="a positive number of rows")
 
 
 def _warn_skipped(skipped: list[LldynError], source: str) -> None:
@@ -324,6 +394,7 @@ def load_preferences(source: str, split: str = "train", limit: int | None = None
     sets have a few: 6 of the 1,812 HH-RLHF test pairs have an empty or mismatched final turn).
     Malformed files (bad JSON) are always an error.
     """
+    _check_limit(limit)
     rows, stem, want_split = _source_rows(str(source), split)
     out: list[PreferenceExample] = []
     seen: dict[str, Where] = {}
@@ -355,6 +426,7 @@ def load_preferences(source: str, split: str = "train", limit: int | None = None
 def load_sft(source: str, split: str = "train", limit: int | None = None,
              skip_invalid: bool = False) -> list[SFTExample]:
     """Load SFT examples from ``source``; preference data gives (prompt, chosen). See :func:`load_preferences`."""
+    _check_limit(limit)
     rows, stem, want_split = _source_rows(str(source), split)
     out: list[SFTExample] = []
     skipped: list[LldynError] = []

@@ -70,27 +70,52 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
 def append_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
     """Append rows to a JSONL file in one write + fsync (rows are whole lines; a torn last line from
     a crash is dropped by :func:`read_jsonl`)."""
-    payload = "".join(dumps(r) + "\n" for r in rows)
+    payload = "".join(dumps(r) + "\n" for r in rows).encode("utf-8")
     if not payload:
         return
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(path, "ab") as fh:
+            size = fh.tell()
+            try:
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError:
+                fh.truncate(size)  # a failed append (disk full) must not leave a torn row behind
+                raise
+    except OSError as err:
+        raise LldynError(f"cannot append: {err.strerror}", file=str(path)) from None
 
 
-def read_jsonl(path: str | Path, strict: bool = True) -> Iterator[dict[str, Any]]:
-    """Rows of a JSONL file written by lldyn. A torn *last* line (crash mid-append) is skipped."""
+def read_jsonl(path: str | Path, strict: bool = True, torn_tail: bool = True) -> Iterator[dict[str, Any]]:
+    """Rows of a JSONL file, streamed line by line (the file is never held in memory whole).
+
+    ``torn_tail``: a malformed *last* line without a newline is a crash mid-append in a file lldyn
+    appends to (``metrics.jsonl``, the probe table) and is skipped; pass False for files written
+    whole (atomically), where it is an error like any other. ``strict`` False skips malformed lines.
+    """
+    return (row for _, row in read_jsonl_lines(path, strict, torn_tail))
+
+
+def read_jsonl_lines(path: str | Path, strict: bool = True, torn_tail: bool = True
+                     ) -> Iterator[tuple[int, Any]]:
+    """``(line number, row)`` of a JSONL file (blank lines skipped); see :func:`read_jsonl`."""
     path = Path(path)
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.readlines()
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) and not line.endswith("\n"):
-                return  # torn tail from an interrupted append
-            if strict:
-                raise LldynError("malformed JSON line", file=str(path), line=i, expected="one JSON object per line") from None
+    with open(path, "rb") as fh:
+        line = fh.readline()
+        lineno = 1
+        while line:
+            following = fh.readline()
+            if line.strip():
+                try:
+                    row = json.loads(line.decode("utf-8"))
+                except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                    if torn_tail and not following and not line.endswith(b"\n"):
+                        return  # torn tail from an interrupted append
+                    if strict:
+                        what = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else "malformed JSON line"
+                        raise LldynError(what, file=str(path), line=lineno,
+                                         expected="one JSON object per line") from None
+                else:
+                    yield lineno, row
+            line, lineno = following, lineno + 1

@@ -215,12 +215,31 @@ def _resolve_source(name: str) -> str:
         if not path.is_dir() or not (path / "config.json").is_file():
             raise LldynError("not a model directory (no config.json)", file=name,
                              expected="a Hugging Face model directory, a .gguf file or one of " + ", ".join(ALIASES))
+        _refuse_pickled_weights(path)
         return str(path)
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/"):
+        raise LldynError("model path not found", file=name,
+                         expected="a model directory, a .gguf file, a Hub id or one of " + ", ".join(ALIASES))
     if not looks_like_hub_id:
         raise LldynError(f"unknown model {name!r}", field="model",
                          expected="one of " + ", ".join(ALIASES) + ", a .gguf file, a model directory or a Hub id")
     return name
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _refuse_pickled_weights(path: Path) -> None:
+    """A directory whose weights exist only as pickles (``pytorch_model.bin``...) is refused by name:
+    unpickling can run arbitrary code, so lldyn reads safetensors (or GGUF) only."""
+    if any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    if pickles:
+        raise LldynError(f"cannot load model: only pickled weights ({pickles[0]}), which lldyn never unpickles "
+                         "(they can run code)", file=str(path), expected="*.safetensors weights (convert them once in "
+                         "a trusted environment with save_pretrained(..., safe_serialization=True)) or a .gguf file")
 
 
 def load_model(config: ModelConfig) -> LoadedModel:
@@ -243,6 +262,11 @@ def load_model(config: ModelConfig) -> LoadedModel:
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
         except (OSError, ValueError, EnvironmentError) as err:
+            if not config.trust_remote_code and "trust_remote_code" in str(err):
+                raise LldynError("the model needs its own Python code (auto_map in its config), which lldyn runs "
+                                 "only when asked", file=config.name, field="trust_remote_code",
+                                 expected="--trust-remote-code, if you trust the code that ships with this model"
+                                 ) from None
             hint = " (offline: HF_HUB_OFFLINE=1 and it is not in the local cache)" if os.environ.get(
                 "HF_HUB_OFFLINE") == "1" and not Path(source).exists() else ""
             raise LldynError(f"cannot load model{hint}: {str(err).splitlines()[0]}", file=config.name) from None

@@ -35,9 +35,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from lldyn.data import Prompt, PreferenceExample
+from lldyn.data import Prompt, PreferenceExample, max_rows, too_many_rows
 from lldyn.errors import LldynError, Where
-from lldyn.io import atomic_write_jsonl, dumps, read_jsonl
+from lldyn.io import atomic_write_jsonl, dumps, read_jsonl_lines
 
 REPHRASE_FAMILIES = ("chosen_rephrase_semantic", "chosen_rephrase_format",
                      "rejected_rephrase_semantic", "rejected_rephrase_format")
@@ -148,7 +148,11 @@ class ProbeSet:
             raise LldynError("probe file not found", file=str(path), expected="a probes.jsonl from `lldyn probes build`")
         probes: list[Probe] = []
         seen: dict[str, int] = {}
-        for lineno, row in enumerate(read_jsonl(path), start=1):
+        cap = max_rows()
+        # Written whole by `probes build`, so a malformed last line is an error, not a crash's torn tail.
+        for lineno, row in read_jsonl_lines(path, torn_tail=False):
+            if len(probes) >= cap:
+                raise too_many_rows(path, cap, "probes")
             probe = probe_from_row(row, Where(str(path), lineno))
             if probe.id in seen:
                 raise LldynError(f"duplicate probe id {probe.id!r} (first on line {seen[probe.id]})", file=str(path),
@@ -169,6 +173,9 @@ class ProbeSet:
 
 def probe_from_row(row: Mapping[str, Any], where: Where) -> Probe:
     """Check one ``probes.jsonl`` row (fields present, known family, id consistent)."""
+    if not isinstance(row, Mapping):
+        raise where.error(f"a probe row must be a JSON object, got {type(row).__name__}",
+                          expected="a probe row from `lldyn probes build`")
     for key in ("prompt_id", "family", "prompt", "response"):
         if key not in row or row[key] is None:
             raise where.error("missing field", field=key, expected="a probe row from `lldyn probes build`")

@@ -259,19 +259,27 @@ class OpenAIRephraser:
                              file=self.url, field="base-url", expected="an OpenAI-compatible chat completion") from None
 
     def rephrase(self, requests: Sequence[RephraseRequest], progress: bool = False) -> list[tuple[str, str]]:
-        items: Any = requests
+        out: list[tuple[str, str]] = []
+        if not requests:
+            return out
+        # The first request goes out before any progress bar is drawn: an unreachable endpoint or a
+        # wrong key then fails with nothing on the terminal but the one error line.
+        out.append(self._rewrite(requests[0]))
+        rest: Any = requests[1:]
         if progress:
             from tqdm.auto import tqdm
 
-            items = tqdm(requests, desc="rephrasing", unit="resp")
-        out = []
-        for req in items:
-            text = clean_reply(self.complete(instruction_message(req.text, req.mode)))
-            if not text:
-                raise LldynError(f"empty rewrite for {req.pair.id} ({req.part}, {req.mode})", file=self.url,
-                                 field="rephraser")
-            out.append((text, self.name))
+            rest = tqdm(rest, desc="rephrasing", unit="resp", initial=1, total=len(requests))
+        for req in rest:
+            out.append(self._rewrite(req))
         return out
+
+    def _rewrite(self, req: RephraseRequest) -> tuple[str, str]:
+        text = clean_reply(self.complete(instruction_message(req.text, req.mode)))
+        if not text:
+            raise LldynError(f"empty rewrite for {req.pair.id} ({req.part}, {req.mode})", file=self.url,
+                             field="rephraser")
+        return text, self.name
 
 
 def make_rephraser(spec: str, pairs: Sequence[PreferenceExample], seed: int = 0, base_url: str | None = None,

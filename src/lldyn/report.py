@@ -116,6 +116,7 @@ def plot_families(runs: Sequence[RunData], path: str | Path, delta: bool = False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     families = _families(runs)
     ncols = min(4, len(families))
@@ -134,6 +135,7 @@ def plot_families(runs: Sequence[RunData], path: str | Path, delta: bool = False
             ax.axhline(0, color="0.6", lw=0.8, ls="--")
         ax.set_title(fam, fontsize=9)
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     for ax in list(axes.flat)[len(families):]:
         ax.axis("off")
     for ax in axes[-1]:
@@ -159,6 +161,7 @@ def plot_signals(runs: Sequence[RunData], path: str | Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = [("signal/top1_chosen", "mean top-1 prob along y+"), ("signal/top1_rejected", "mean top-1 prob along y−"),
              ("signal/entropy_chosen", "entropy along y+ (nats)"), ("signal/entropy_rejected", "entropy along y− (nats)")]
@@ -174,6 +177,7 @@ def plot_signals(runs: Sequence[RunData], path: str | Path) -> Path | None:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     axes[0].legend(fontsize=7, frameon=False)
     fig.tight_layout()
     path = Path(path)

@@ -8,6 +8,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probes", help="build probe sets (the responses whose log π is tracked)",
                        description="Probe sets: lldyn probes build --data FILE --out probes.jsonl")
     actions = p.add_subparsers(dest="probes_command", metavar="ACTION")
+    p.set_defaults(run=lambda args: p.print_help() or 2)  # `lldyn probes` alone: this command's help
     b = actions.add_parser("build", help="build all probe families from preference data",
                            description="For each probe prompt, write chosen, rejected, their semantic and format "
                                        "rephrases, another prompt's chosen, a held-out chosen, a random sentence and "
@@ -27,6 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="held-out pairs for test_chosen (default: rows with split 'test', else held out by --seed)")
     b.add_argument("--sentences", default=None, help="file of human sentences for random_sentence (one a line)")
     b.set_defaults(run=run_build)
+    c = actions.add_parser("check", help="validate a probe file and count its families",
+                           description="Read a probes.jsonl as training and tracking will; any problem is reported "
+                                       "with its file, line and field.")
+    c.add_argument("file", metavar="FILE", help="probes.jsonl")
+    c.set_defaults(run=run_check)
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -56,4 +62,11 @@ def run_build(args: argparse.Namespace) -> int:
                           progress=True)
     probes.save(out)  # atomic, and only once every probe exists: a failure leaves no partial file
     print(f"wrote {probe_set_summary(probes)} to {out}")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from lldyn.probes import ProbeSet, probe_set_summary
+
+    print(f"{args.file}: {probe_set_summary(ProbeSet.load(args.file))}")
     return 0

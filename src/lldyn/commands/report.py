@@ -15,8 +15,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lldyn.errors import LldynError
     from lldyn.report import write_report
 
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise LldynError("output path is a file", file=args.out, field="out", expected="a directory for report.html")
     path = write_report(args.runs, args.out, title=args.title)
     print(f"wrote {path} (figures in {path.parent / 'figures'})")
     return 0
