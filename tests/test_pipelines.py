@@ -46,7 +46,7 @@ def test_reproduce_configs_complete_shortened(tmp_path, experiment):
     runs = ["baseline", "extend"] if experiment == "extend" else [experiment]
     for name in runs:
         run = RunDir(out / name)
-        assert run.config()["data"] == str(out / "data" / "train.jsonl")
+        assert run.config()["data"] == str(Path("exp") / "data" / "train.jsonl")
         assert phase_changes(run.path), name
     assert (out / "report.html").is_file()
 
