@@ -125,3 +125,26 @@ def test_cli_report_bad_input(tracked_runs, tmp_path, case):
     assert line.startswith("lldyn report: error:") and str(run) in line
     assert ("run directory not found" if case == "missing_run" else "no probe table") in line
     assert not (tmp_path / "out").exists()  # nothing drawn before every run was read
+
+
+def test_report_marks_the_squeeze_alarm_interval(tracked_runs, tmp_path):
+    """A run whose squeeze alarm fired at step 10 (since step 5) gets that interval listed and hatched."""
+    import json
+    import shutil
+
+    from lldyn.report import squeeze_summary
+
+    squeezed = tmp_path / "squeezed"
+    shutil.copytree(tracked_runs[1], squeezed)
+    with open(squeezed / "metrics.jsonl", "a") as f:  # later rows of a step win
+        for step, alarm in ((0, False), (5, False), (10, True)):
+            f.write(json.dumps({"step": step, "event": "probes", "squeeze/alarm": alarm}) + "\n")
+    runs = [load_run(tracked_runs[0]), load_run(squeezed)]
+    assert runs[0].squeeze_intervals == [] and runs[1].squeeze_intervals == [(5, 10)]
+    summary = squeeze_summary(runs)
+    assert "did not fire" in summary and "squeeze alarm steps 5–10" in summary
+    page = write_report([tracked_runs[0], squeezed], tmp_path / "report").read_text()
+    assert "squeeze alarm steps 5–10" in page
+    plain = write_report([tracked_runs[0], tracked_runs[1]], tmp_path / "plain")
+    # the hatching changes the drawn figure
+    assert (tmp_path / "report" / "figures" / LOGP_FIGURE).read_bytes() != (plain.parent / "figures" / LOGP_FIGURE).read_bytes()

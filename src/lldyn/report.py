@@ -43,6 +43,13 @@ class RunData:
     def steps(self) -> list[int]:
         return sorted({int(r["step"]) for r in self.table})
 
+    @property
+    def squeeze_intervals(self) -> list[tuple[int, int]]:
+        """Step intervals in which the squeeze alarm fired (recorded, or recomputed from the signals)."""
+        from lldyn.squeeze import squeeze_intervals
+
+        return squeeze_intervals(self.metrics)
+
 
 def run_label(config: dict[str, Any], path: Path) -> str:
     """``label`` from the config, else its method/loss and learning rate, else the directory name."""
@@ -110,6 +117,14 @@ def _families(runs: Sequence[RunData]) -> list[str]:
     return [f for f in FAMILIES if f in present] + sorted(present - set(FAMILIES))
 
 
+def _shade_squeeze(ax: Any, runs: Sequence[RunData]) -> None:
+    """Hatch the steps where a run's squeeze alarm fired, in that run's colour."""
+    for i, run in enumerate(runs):
+        for start, end in run.squeeze_intervals:
+            ax.axvspan(start, end, facecolor=f"C{i % 10}", alpha=0.08, hatch="//", edgecolor=f"C{i % 10}", lw=0,
+                       label=f"squeeze alarm ({run.label})")
+
+
 def plot_families(runs: Sequence[RunData], path: str | Path, delta: bool = False) -> Path:
     """One panel per family: mean (line) and inter-quartile band over steps, one colour per run."""
     import matplotlib
@@ -124,6 +139,7 @@ def plot_families(runs: Sequence[RunData], path: str | Path, delta: bool = False
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows), squeeze=False, sharex=True)
     curves = [family_curves(run.table, delta) for run in runs]
     for ax, fam in zip(axes.flat, families):
+        _shade_squeeze(ax, runs)
         for i, (run, c) in enumerate(zip(runs, curves)):
             if fam not in c:
                 continue
@@ -142,7 +158,8 @@ def plot_families(runs: Sequence[RunData], path: str | Path, delta: bool = False
         ax.set_xlabel("step", fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel("Δ log π since step 0" if delta else "log π(y | x)", fontsize=8)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    by_label = dict(zip(*reversed(axes.flat[0].get_legend_handles_labels())))  # one entry per label
+    labels, handles = list(by_label), list(by_label.values())
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     fig.suptitle("change of log π since step 0 (mean, IQR band)" if delta else "log π of each probe family "
@@ -170,6 +187,7 @@ def plot_signals(runs: Sequence[RunData], path: str | Path) -> Path | None:
         return None
     fig, axes = plt.subplots(1, 4, figsize=(13, 2.8))
     for ax, (key, title) in zip(axes, names):
+        _shade_squeeze(ax, runs)
         for i, (run, rs) in enumerate(zip(runs, rows)):
             pts = sorted((int(m["step"]), m[key]) for m in rs if key in m)
             if pts:
@@ -178,7 +196,8 @@ def plot_signals(runs: Sequence[RunData], path: str | Path) -> Path | None:
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
-    axes[0].legend(fontsize=7, frameon=False)
+    by_label = dict(zip(*reversed(axes[0].get_legend_handles_labels())))  # one entry per label
+    axes[0].legend(list(by_label.values()), list(by_label), fontsize=7, frameon=False)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,6 +229,17 @@ def last_step_table(runs: Sequence[RunData]) -> str:
         cells = "".join(f"<td>{_fmt(c[fam][1][-1] if fam in c else None)}</td>" for c in curves)
         body.append(f"<tr><th>{html.escape(fam)}</th>{cells}</tr>")
     return f"<table><tr><th>family</th>{head}</tr>{''.join(body)}</table>"
+
+
+def squeeze_summary(runs: Sequence[RunData]) -> str:
+    """One line per run: the step intervals of its squeeze alarm (hatched in the figures), or none."""
+    items = []
+    for run in runs:
+        spans = run.squeeze_intervals
+        text = (", ".join(f"steps {a}–{b}" for a, b in spans) + " (hatched in the figures; see docs/squeezing.md)"
+                if spans else "did not fire")
+        items.append(f"<li>{html.escape(run.label)}: squeeze alarm {text}</li>")
+    return f"<ul class='squeeze'>{''.join(items)}</ul>"
 
 
 def probe_examples(run: RunData, n_prompts: int = 2) -> str:
@@ -269,7 +299,7 @@ def write_report(runs: Sequence[str | Path], out: str | Path | None = None,
     sig = plot_signals(data, figures / SIGNALS_FIGURE)
     if sig is not None:
         drawn.append((sig, "squeeze signals: top-1 probability and entropy along y+ and y− positions"))
-    sections = [("Probe families over training", "".join(_img(p, c) for p, c in drawn)),
+    sections = [("Probe families over training", squeeze_summary(data) + "".join(_img(p, c) for p, c in drawn)),
                 ("Mean change of log π at the last step", last_step_table(data))]
     own = {p.resolve() for p, _ in drawn}
     for d in data:
