@@ -79,6 +79,29 @@ def test_every_family_for_every_prompt_builtin():
     assert probes.prompt_ids == [p.id for p in train[:40]]  # the first --limit training pairs, in order
 
 
+def test_spread_selection_takes_every_category_in_turn():
+    """--select spread: the built-in file is sorted by category, so the first 32 are all capitals;
+    a spread takes one pair of each of the 10 categories in turn, seeded, without repeats."""
+    from collections import Counter
+
+    from lldyn.probes import select_probe_pairs
+
+    train = [p for p in load_preferences("builtin") if p.extra.get("split") != "test"]
+    assert Counter(p.extra["category"] for p in select_probe_pairs(train, 32)) == Counter({"capital": 32})
+    spread = select_probe_pairs(train, 32, "spread", seed=0)
+    counts = Counter(p.extra["category"] for p in spread)
+    assert len(counts) == 10 and max(counts.values()) - min(counts.values()) <= 1
+    assert len({p.id for p in spread}) == 32
+    assert [p.id for p in select_probe_pairs(train, 32, "spread", seed=0)] == [p.id for p in spread]
+    assert [p.id for p in select_probe_pairs(train, 32, "spread", seed=1)] != [p.id for p in spread]
+    assert len(select_probe_pairs(train, 10_000, "spread")) == len(train)  # more than there are: all of them
+    plain = [PreferenceExample(f"q{i}", f"prompt {i}", "a", "b") for i in range(20)]  # no categories: a sample
+    sample = select_probe_pairs(plain, 5, "spread", seed=0)
+    assert len({p.id for p in sample}) == 5 and [p.id for p in sample] != ["q0", "q1", "q2", "q3", "q4"]
+    with pytest.raises(LldynError, match="unknown probe selection"):
+        select_probe_pairs(train, 3, "best")
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_other_chosen_never_equals_own_chosen(plain_pairs, held_out, seed):
     probes = build_probes(plain_pairs, held_out, RuleRephraser(plain_pairs, seed), seed=seed)

@@ -252,13 +252,44 @@ def split_held_out(pairs: Sequence[PreferenceExample], seed: int, fraction: floa
     return [p for i, p in enumerate(pairs) if i not in test], [p for i, p in enumerate(pairs) if i in test]
 
 
+SELECTIONS = ("first", "spread")
+
+
+def select_probe_pairs(train: Sequence[PreferenceExample], limit: int | None, select: str = "first",
+                       seed: int = 0) -> list[PreferenceExample]:
+    """The training pairs that become probe prompts.
+
+    ``first``: the first ``limit`` pairs, in file order. ``spread``: a seeded sample that takes the
+    pairs' ``category`` (when the data has one, as the built-in set does) in turn, so a probe set
+    covers every kind of prompt instead of the first category of a sorted file; without categories
+    it is a seeded random sample.
+    """
+    if select not in SELECTIONS:
+        raise LldynError(f"unknown probe selection {select!r}", field="select", expected=" or ".join(SELECTIONS))
+    n = len(train) if limit is None else min(limit, len(train))
+    if select == "first":
+        return list(train[:n])
+    rng = random.Random(seed)
+    groups: dict[str, list[PreferenceExample]] = {}
+    for p in train:
+        groups.setdefault(str(p.extra.get("category", "")), []).append(p)
+    for members in groups.values():
+        rng.shuffle(members)
+    picked: list[PreferenceExample] = []
+    while len(picked) < n:
+        for members in groups.values():
+            if members and len(picked) < n:
+                picked.append(members.pop(0))
+    return picked
+
+
 def build_probes(train: Sequence[PreferenceExample], test: Sequence[PreferenceExample], rephraser: Any,
                  limit: int | None = None, seed: int = 0, sentences: Sequence[str] | None = None,
-                 progress: bool = False) -> ProbeSet:
-    """All static families for the first ``limit`` training pairs.
+                 progress: bool = False, select: str = "first") -> ProbeSet:
+    """All static families for ``limit`` training pairs chosen by :func:`select_probe_pairs`.
 
     Args:
-        train: training pairs; probe prompts are the first ``limit`` of them, ``other_chosen`` comes from any.
+        train: training pairs; probe prompts are ``limit`` of them (``select``), ``other_chosen`` comes from any.
         test: held-out pairs for ``test_chosen`` / ``test_shuffled`` (never a training prompt).
         rephraser: a :class:`lldyn.rephrase.Rephraser` for the four rephrase families.
         seed: every random choice (other/test pairing, sentences, shuffles) derives from it.
@@ -275,7 +306,7 @@ def build_probes(train: Sequence[PreferenceExample], test: Sequence[PreferenceEx
     if len(chosen_texts) < 2:
         raise LldynError("other_chosen needs at least two training pairs with different chosen answers",
                          field="data", expected="more training pairs")
-    probe_pairs = list(train[:limit] if limit else train)
+    probe_pairs = select_probe_pairs(train, limit, select, seed)
     sentences = list(sentences) if sentences is not None else load_sentences()
     rng = random.Random(seed)
 
@@ -312,7 +343,7 @@ def build_probes(train: Sequence[PreferenceExample], test: Sequence[PreferenceEx
                             f"word_shuffle(seed={seed})"))
         probes.append(Probe(pid, "test_shuffled", x, shuffle_words(held.chosen, rng), (held.id,),
                             f"word_shuffle(seed={seed})"))
-    return ProbeSet(tuple(probes), {"seed": seed, "rephraser": getattr(rephraser, "name", "?")})
+    return ProbeSet(tuple(probes), {"seed": seed, "rephraser": getattr(rephraser, "name", "?"), "select": select})
 
 
 def probe_set_summary(probes: ProbeSet) -> str:

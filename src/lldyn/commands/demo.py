@@ -74,13 +74,13 @@ def run(args: argparse.Namespace) -> int:
                                          "out": str(out / "dpo")}, file=str(path), prefix="dpo.")
     out.mkdir(parents=True, exist_ok=True)
 
-    # 1. Probes: the first prompts of the training data, all families (curated rephrases, offline).
+    # 1. Probes: training prompts spread over the data's categories, all families (curated rephrases, offline).
     if not probes_path.is_file():
         train_pairs = load_preferences(demo.data.split(":")[0], "train")
         trained = [p for p in train_pairs if p.extra.get("split", "train") == "train"]
         held_out = [p for p in train_pairs if p.extra.get("split") == "test"] or load_preferences("builtin:test")
         probes = build_probes(trained, held_out, make_rephraser("rule", trained, demo.seed), limit=demo.probe_prompts,
-                              seed=demo.seed, sentences=load_sentences())
+                              seed=demo.seed, sentences=load_sentences(), select="spread")
         probes.save(probes_path)
         print(f"probes: {probe_set_summary(probes)} → {probes_path}")
 

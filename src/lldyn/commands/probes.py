@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--api-key-env", default="OPENAI_API_KEY",
                    help="environment variable holding the endpoint's API key (the key is never written)")
     b.add_argument("--limit", type=int, default=64, help="number of probe prompts (default 64)")
+    b.add_argument("--select", choices=("first", "spread"), default="first",
+                   help="which training prompts become probes: the first --limit (default) or a seeded spread "
+                        "over the data's categories")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--test-data", default=None,
                    help="held-out pairs for test_chosen (default: rows with split 'test', else held out by --seed)")
@@ -59,7 +62,7 @@ def run_build(args: argparse.Namespace) -> int:
     rephraser = make_rephraser(args.rephraser, train, args.seed, args.base_url, args.api_key_env)
     sentences = load_sentences(args.sentences)
     probes = build_probes(train, test, rephraser, limit=args.limit, seed=args.seed, sentences=sentences,
-                          progress=True)
+                          progress=True, select=args.select)
     probes.save(out)  # atomic, and only once every probe exists: a failure leaves no partial file
     print(f"wrote {probe_set_summary(probes)} to {out}")
     return 0
