@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lldyn.probes import Probe, ProbeSet
-from lldyn.report import DELTA_FIGURE, LOGP_FIGURE, SIGNALS_FIGURE, family_curves, load_run, run_label, write_report
+from lldyn.report import DELTA_FIGURE, LOGP_FIGURE, SIGNALS_FIGURE, SQUEEZE_FIGURE, family_curves, load_run, run_label, write_report
 from lldyn.rundir import RunDir
 from lldyn.tracking import Tracker
 
@@ -75,8 +75,8 @@ def test_report_escapes_data_text_and_is_self_contained(tracked_runs, tmp_path):
     assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in text
     assert "Sure: &lt;script&gt;" in text and "x&lt;1&gt;" in text and "No &amp; no." in text
     srcs = re.findall(r'src="([^"]*)"', text)
-    assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)  # self-contained
-    for name in (LOGP_FIGURE, DELTA_FIGURE, SIGNALS_FIGURE):
+    assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)  # self-contained
+    for name in (SQUEEZE_FIGURE, LOGP_FIGURE, DELTA_FIGURE, SIGNALS_FIGURE):
         png = (out / "figures" / name).read_bytes()
         assert png.startswith(PNG_MAGIC)
         assert base64.b64encode(png).decode() in text  # the figure drawn is the figure embedded

@@ -26,7 +26,8 @@ from lldyn.rundir import FIGURES, PROBE_TABLE, PROBES, RunDir
 LOGP_FIGURE = "probe_logp.png"
 DELTA_FIGURE = "probe_delta.png"
 SIGNALS_FIGURE = "squeeze_signals.png"
-OWN_FIGURES = (LOGP_FIGURE, DELTA_FIGURE, SIGNALS_FIGURE)
+SQUEEZE_FIGURE = "squeeze.png"
+OWN_FIGURES = (LOGP_FIGURE, DELTA_FIGURE, SIGNALS_FIGURE, SQUEEZE_FIGURE)
 
 
 @dataclass
@@ -206,6 +207,54 @@ def plot_signals(runs: Sequence[RunData], path: str | Path) -> Path | None:
     return path
 
 
+def plot_squeeze(runs: Sequence[RunData], path: str | Path) -> Path | None:
+    """The squeezing effect at a glance (paper Fig. 4): change since step 0 of log π(y+), log π(y−)
+    and log π(y*), and the top-1 probability along y+, with the alarm's intervals hatched.
+    None when no run tracked all three families."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    wanted = ("chosen", "rejected", "argmax")
+    curves = [family_curves(run.table, delta=True) for run in runs]
+    if not any(all(f in c for f in wanted) for c in curves):
+        return None
+    titles = {"chosen": "Δ log π(y+)", "rejected": "Δ log π(y−)", "argmax": "Δ log π(y*)"}
+    fig, axes = plt.subplots(1, 4, figsize=(13, 2.9))
+    for ax, fam in zip(axes, wanted):
+        _shade_squeeze(ax, runs)
+        for i, (run, c) in enumerate(zip(runs, curves)):
+            if fam in c:
+                steps, mean, lo, hi = c[fam]
+                ax.plot(steps, mean, color=f"C{i % 10}", label=run.label, lw=1.6, marker=".")
+                ax.fill_between(steps, lo, hi, color=f"C{i % 10}", alpha=0.2, lw=0)
+        ax.axhline(0, color="0.6", lw=0.8, ls="--")
+        ax.set_title(titles[fam] + " since step 0 (nats)", fontsize=9)
+    ax = axes[3]
+    _shade_squeeze(ax, runs)
+    for i, run in enumerate(runs):
+        pts = sorted((int(m["step"]), m["signal/top1_chosen"]) for m in run.metrics
+                     if m.get("event") == "probes" and "signal/top1_chosen" in m)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{i % 10}", label=run.label, marker=".")
+    ax.set_title("mean top-1 probability along y+", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_label = dict(zip(*reversed(axes[0].get_legend_handles_labels())))
+    fig.legend(list(by_label.values()), list(by_label), loc="lower center", ncol=min(4, len(by_label)), fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # --------------------------------------------------------------------------- HTML
 
 
@@ -296,6 +345,10 @@ def write_report(runs: Sequence[str | Path], out: str | Path | None = None,
     drawn = [(plot_families(data, figures / LOGP_FIGURE), "log π per probe family: mean over prompts, "
                                                         "inter-quartile band (paper Fig. 3/4 style)"),
              (plot_families(data, figures / DELTA_FIGURE, delta=True), "change of log π since step 0")]
+    squeeze = plot_squeeze(data, figures / SQUEEZE_FIGURE)
+    if squeeze is not None:
+        drawn.insert(0, (squeeze, "the squeezing effect at a glance: y+, y− and the greedy y* (mean, IQR band), and the "
+                                  "top-1 probability; hatched where the squeeze alarm fired"))
     sig = plot_signals(data, figures / SIGNALS_FIGURE)
     if sig is not None:
         drawn.append((sig, "squeeze signals: top-1 probability and entropy along y+ and y− positions"))
