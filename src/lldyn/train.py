@@ -22,11 +22,18 @@ Every optimizer step: metrics row (``event: train``), optional decomposition hoo
 each phase. ``resume=True`` continues from the latest checkpoint and gives the same numbers as an
 uninterrupted run on the CPU (data order is a pure function of seed, phase and epoch; RNG,
 optimizer and scheduler states are restored; rows logged after the checkpoint are dropped).
+
+Under ``accelerate launch --num_processes W`` the same loop does data parallelism (:class:`Processes`):
+every rank holds the whole model and takes rows ``rank::W`` of each micro-batch (``batch_size`` stays
+the global micro-batch), gradients and logged statistics are averaged over ranks, so the run gives
+the numbers of a one-process run; rank 0 alone writes the run directory. With one process nothing is
+wrapped or reduced.
 """
 from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -371,6 +378,127 @@ def on_policy_pairs(model: Any, tokenizer: Any, pairs: Sequence[PreferenceExampl
     return out
 
 
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass(frozen=True)
+class Processes:
+    """The processes a run trains on: one (the default: every method below does nothing) or the ranks
+    ``0 … world-1`` that ``accelerate launch`` started, for data parallelism.
+
+    Each rank takes rows ``rank::world`` of every micro-batch and its loss is the mean over its rows;
+    :meth:`average_gradients` then makes the update the one of the whole micro-batch (what DDP does,
+    without wrapping the model, so checkpoints, probes and generation use the model as it is).
+    """
+
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"  # where collectives put their tensors (NCCL needs this rank's GPU)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only one that writes to the run directory."""
+        return self.rank == 0
+
+    def shard(self, batch: Sequence[Example]) -> list[Example]:
+        """This rank's rows of a micro-batch."""
+        return list(batch[self.rank::self.world])
+
+    def wait(self) -> None:
+        """Barrier: returns once every rank got here."""
+        if self.world > 1:
+            from accelerate import PartialState
+
+            PartialState().wait_for_everyone()
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` in rank order (the tracker's ``gather``; accelerate flattens one level, hence ``[obj]``)."""
+        if self.world == 1:
+            return [obj]
+        from accelerate.utils import gather_object
+
+        return list(gather_object([obj]))
+
+    def from_main(self, compute: Callable[[], Any]) -> Any:
+        """``compute()`` run on rank 0 (the others wait) and its value sent to every rank, so all hold the very
+        same one; an :class:`LldynError` it raises is raised on every rank (one clear error, not a hang)."""
+        if self.world == 1:
+            return compute()
+        from accelerate.utils import broadcast_object_list
+
+        value = None
+        if self.is_main:
+            try:
+                value = compute()
+            except LldynError as err:
+                value = err
+        value = broadcast_object_list([value])[0]
+        if isinstance(value, LldynError):
+            raise value
+        return value
+
+    def mean(self, stats: dict[str, float]) -> dict[str, float]:
+        """Each statistic averaged over ranks: the whole micro-batch's mean, as every rank has as many rows."""
+        if self.world == 1:
+            return stats
+        from accelerate.utils import reduce
+
+        values = reduce(torch.tensor(list(stats.values()), dtype=torch.float64, device=self.device), "mean")
+        return dict(zip(stats, values.tolist()))
+
+    def all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether ``loss`` is finite on every rank (so that all ranks stop together, or none does)."""
+        if self.world == 1:
+            return bool(torch.isfinite(loss))
+        from accelerate.utils import reduce
+
+        bad = reduce((~torch.isfinite(loss.detach())).reshape(1).to(torch.float64), "sum")
+        return float(bad) == 0
+
+    def average_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """Replace every gradient by its mean over ranks, in place. Which parameters have a gradient
+        depends on the model, not on the rows, so every rank skips the same ones."""
+        if self.world == 1:
+            return
+        for p in params:
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad.div_(self.world)
+
+    def same_start(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """Rank 0's starting weights on every rank (seeded loading makes them equal already; this guarantees it)."""
+        if self.world > 1:
+            from accelerate.utils import broadcast
+
+            broadcast([p.data for p in params])
+
+
+def launched_processes(cfg: TrainConfig, decomposer: Any = None) -> Processes:
+    """The processes ``accelerate launch`` (or ``torchrun``) started, from ``WORLD_SIZE``; one otherwise.
+
+    accelerate sets up the process group: gloo for ``--device cpu``, NCCL for ``--device cuda``
+    (each rank on its own GPU). What a multi-process run refuses is refused here, before any rank
+    waits on another or anything is written.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Processes()
+    check(cfg.batch_size % world == 0, "batch_size",
+          f"batch size {cfg.batch_size} does not split evenly over {world} processes",
+          f"a multiple of {world} (--batch-size is the global micro-batch; each process takes batch_size / {world} rows)")
+    check(not cfg.on_policy, "on_policy", f"on-policy sampling is single-process only, got {world} processes",
+          "a run without accelerate launch for --on-policy")
+    check(cfg.decompose_every == 0 and decomposer is None, "decompose_every",
+          f"the step decomposition is single-process only, got {world} processes",
+          "--decompose-every 0, or a run without accelerate launch")
+    check(cfg.device in ("cpu", "cuda"), "device", f"device {cfg.device!r} would put every process on one device",
+          "cpu, or cuda (each process then uses its own GPU)")
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cfg.device == "cpu")
+    return Processes(state.process_index, state.num_processes, str(state.device))
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -411,6 +539,7 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
     from lldyn.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
     # Everything that can be refused is checked before anything is written.
+    procs = launched_processes(cfg, decomposer)
     pairs, sft = load_training_data(cfg)
     plan = phases(cfg)
     if any(p.kind != "sft" for p in plan) and not pairs:
@@ -430,7 +559,8 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
     for phase, examples in zip(plan, phase_data):
         _check_batch(cfg, len(examples), phase, cfg.data)
     params = [p for p in model.parameters() if p.requires_grad]
-    run = RunDir.create(cfg.out, run_config(cfg), resume=resume)
+    procs.same_start(params)
+    run = procs.from_main(lambda: RunDir.create(cfg.out, run_config(cfg), resume=resume))
 
     if decomposer is None and cfg.decompose_every > 0:
         if not cfg.probes:
@@ -449,18 +579,22 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
             all_callbacks.append(_squeeze_alarm())
         tracker = Tracker(model, tokenizer, cfg.probes, run, every=cfg.eval_every, score_config=cfg.scoring(),
                           callbacks=[c for c in all_callbacks if c is not None], initial_sample=cfg.initial_sample,
-                          progress=False)
+                          progress=False, rank=procs.rank, world_size=procs.world, gather=procs.gather)
 
     start_phase, start_step, global_step = 0, 0, 0
     ckpt = latest_checkpoint(run.checkpoints) if resume else None
-    if resume and ckpt is None and run.has_metrics():
-        run.truncate_after(-1)  # killed before the first checkpoint: start over cleanly
+    restart = resume and ckpt is None and run.has_metrics()  # killed before the first checkpoint: start over cleanly
+    procs.wait()  # every rank has read the run directory (tracker history, checkpoints) before rank 0 rewrites it
+    if restart:
+        if procs.is_main:
+            run.truncate_after(-1)
         if tracker is not None:
             tracker.rewind(-1)
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, restore_rng=False)
         start_phase, start_step, global_step = state["phase"], state["phase_step"], state["step"]
-        run.truncate_after(global_step)
+        if procs.is_main:
+            run.truncate_after(global_step)
         if tracker is not None:
             tracker.rewind(global_step)
 
@@ -482,15 +616,16 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
         ref_model = None
         if phase.kind not in ("sft", "simpo"):
             ref_model = _reference_model(cfg, model, lm, pi, plan)
-            if not cfg.on_policy:
-                ref_values = load_or_compute_reference(run, pi, ref_model, tokenizer, examples, cfg)
+            if not cfg.on_policy:  # rank 0 reads or computes (and writes) them; every rank gets the same values
+                ref_values = procs.from_main(
+                    lambda: load_or_compute_reference(run, pi, ref_model, tokenizer, examples, cfg))
                 if ref_model is not model and cfg.ref is not None:
                     ref_model = None
         if tracker is not None and global_step == 0:
             last_summary = tracker.maybe_track(0) or last_summary
 
         model.train()
-        bar = _progress(total, step, f"{phase.name}", progress)
+        bar = _progress(total, step, f"{phase.name}", progress and procs.is_main)
         train_pairs = list(pairs)
         current = examples
         while step < total:
@@ -504,24 +639,28 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
             agg: dict[str, float] = {}
             terms: list[UpdateTerm] = []
             for k in range(cfg.grad_accum):
-                batch = micro_batch(current, cfg, pi, step * cfg.grad_accum + k)
+                batch = procs.shard(micro_batch(current, cfg, pi, step * cfg.grad_accum + k))
                 if phase.kind == "sft":
                     out = sft_step(model, batch, pad_id, cfg, 1.0 / cfg.grad_accum)
                 else:
                     out = pair_step(model, batch, pad_id, cfg, phase.kind, ref_values, 1.0 / cfg.grad_accum)
-                if not torch.isfinite(out.loss):
-                    _stop_non_finite(run, model, optimizer, scheduler, pi, step, global_step, out.stats, cfg)
+                if not procs.all_finite(out.loss):
+                    _stop_non_finite(run, model, optimizer, scheduler, pi, step, global_step, procs.mean(out.stats),
+                                     cfg, procs)
                 out.loss.backward()
                 terms += out.terms
                 for key, v in out.stats.items():
                     agg[key] = agg.get(key, 0.0) + v / cfg.grad_accum
+            procs.average_gradients(params)
+            agg = procs.mean(agg)
             if cfg.max_grad_norm > 0:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             else:
                 grad_norm = float(torch.linalg.vector_norm(torch.stack(
                     [p.grad.norm() for p in params if p.grad is not None])))
             if not math.isfinite(grad_norm):
-                _stop_non_finite(run, model, optimizer, scheduler, pi, step, global_step, {"grad_norm": grad_norm}, cfg)
+                _stop_non_finite(run, model, optimizer, scheduler, pi, step, global_step, {"grad_norm": grad_norm}, cfg,
+                                 procs)
             decompose_now = decomposer is not None and (global_step + 1) % (cfg.decompose_every or 1) == 0
             if decompose_now:
                 decomposer.before_step(global_step + 1, model, terms)
@@ -535,7 +674,8 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
             if decompose_now:
                 extra = decomposer.after_step(global_step, model, optimizer)
                 row.update(extra or {})
-            run.log_metrics(row)
+            if procs.is_main:
+                run.log_metrics(row)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{agg['loss']:.4f}")
@@ -544,9 +684,9 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
                 last_summary = tracker.track(global_step)
                 model.train()
             if step == total or (cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0):
-                save_checkpoint(run.checkpoints, global_step, model, optimizer, scheduler,
-                                {"phase": pi, "phase_step": step, "phase_name": phase.name},
-                                keep=cfg.keep_checkpoints)
+                procs.from_main(lambda: save_checkpoint(run.checkpoints, global_step, model, optimizer, scheduler,
+                                                        {"phase": pi, "phase_step": step, "phase_name": phase.name},
+                                                        keep=cfg.keep_checkpoints))
         if bar is not None:
             bar.close()
         if tracker is not None and not any(h.step == global_step for h in tracker.history):
@@ -554,6 +694,7 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
             last_summary = tracker.track(global_step)
         model.eval()
         del ref_model
+    procs.wait()  # no rank leaves (and tears down the process group) while rank 0 still writes
     return TrainResult(run, model, tokenizer, global_step, last_summary or (tracker.history[-1] if tracker and tracker.history else None))
 
 
@@ -610,18 +751,24 @@ def _reference_model(cfg: TrainConfig, model: Any, lm: Any, phase_index: int, pl
 
 
 def _stop_non_finite(run: RunDir, model: Any, optimizer: Any, scheduler: Any, phase_index: int, phase_step: int,
-                     global_step: int, stats: dict[str, float], cfg: TrainConfig) -> None:
-    """Keep the last good weights (this step has not been applied) and stop with a clear message."""
+                     global_step: int, stats: dict[str, float], cfg: TrainConfig, procs: Processes = Processes()) -> None:
+    """Keep the last good weights (this step has not been applied) and stop with a clear message (all ranks
+    stop here together; rank 0 writes)."""
     from lldyn.checkpoint import latest_checkpoint, save_checkpoint
 
     optimizer.zero_grad(set_to_none=True)
-    last = latest_checkpoint(run.checkpoints)
-    if last is None or int(last.name.split("-")[-1]) != global_step:
-        last = save_checkpoint(run.checkpoints, global_step, model, optimizer, scheduler,
-                               {"phase": phase_index, "phase_step": phase_step, "stopped": "non-finite"},
-                               keep=cfg.keep_checkpoints + 1)
-    run.log_metrics({"step": global_step + 1, "event": "stopped", "reason": "non-finite loss or gradient",
-                     **{k: (v if math.isfinite(v) else str(v)) for k, v in stats.items()}})
+
+    def keep_last_good() -> Path:
+        last = latest_checkpoint(run.checkpoints)
+        if last is None or int(last.name.split("-")[-1]) != global_step:
+            last = save_checkpoint(run.checkpoints, global_step, model, optimizer, scheduler,
+                                   {"phase": phase_index, "phase_step": phase_step, "stopped": "non-finite"},
+                                   keep=cfg.keep_checkpoints + 1)
+        run.log_metrics({"step": global_step + 1, "event": "stopped", "reason": "non-finite loss or gradient",
+                         **{k: (v if math.isfinite(v) else str(v)) for k, v in stats.items()}})
+        return last
+
+    last = procs.from_main(keep_last_good)
     raise LldynError(f"non-finite loss or gradient at step {global_step + 1} ({', '.join(f'{k}={v}' for k, v in stats.items())}); "
                      f"training stopped, last good weights kept in {last}", field="lr",
                      expected="a smaller learning rate, gradient clipping, or clean data")

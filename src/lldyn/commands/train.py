@@ -1,7 +1,8 @@
 """``lldyn train``: SFT, DPO-family, extend and sft_dpo runs with probe tracking and checkpoints.
 
 Every :class:`lldyn.train.TrainConfig` field is a flag (``--batch-size``, ``--lr`` …); a TOML file
-given with ``--config`` sets defaults that flags override.
+given with ``--config`` sets defaults that flags override. ``accelerate launch --num_processes N -m
+lldyn.cli train ...`` trains on N processes (data parallelism, see :mod:`lldyn.train`).
 """
 from __future__ import annotations
 
@@ -78,12 +79,27 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(TrainConfig, args.config, overrides(args, TrainConfig))
     check_before_writing(cfg)
     result = train(cfg, resume=args.resume)
-    print(f"trained {result.steps} steps; run directory {result.run.path}")
+    rank, world = leave_process_group()
+    if rank != 0:  # under accelerate launch rank 0 reports
+        return 0
+    on = f" on {world} processes" if world > 1 else ""
+    print(f"trained {result.steps} steps{on}; run directory {result.run.path}")
     if result.last_summary is not None:
         d = result.last_summary.family_delta
         print("change since step 0 (nats): " + ", ".join(
             f"{k} {v:+.2f}" for k, v in d.items() if k in ("chosen", "rejected", "argmax", "other_chosen")))
     return 0
+
+
+def leave_process_group() -> tuple[int, int]:
+    """(rank, number of processes); the process group train() joined under ``accelerate launch`` is closed."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dist.destroy_process_group()
+    return rank, world
 
 
 def check_before_writing(cfg) -> None:
