@@ -48,3 +48,13 @@ def smollm2():
     from lldyn.models import ModelConfig, load_model
 
     return load_model(ModelConfig())
+
+
+@pytest.fixture(scope="session")
+def builtin_probes(tmp_path_factory) -> Path:
+    """``probes.jsonl`` of ``lldyn probes build --data builtin --limit 2`` (built once, through the CLI)."""
+    from lldyn.cli import main
+
+    root = tmp_path_factory.mktemp("probes")
+    assert main(["probes", "build", "--data", "builtin", "--out", str(root / "probes.jsonl"), "--limit", "2"]) == 0
+    return root / "probes.jsonl"

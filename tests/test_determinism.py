@@ -4,11 +4,8 @@ What is *not* deterministic on a GPU, and how to make it so, is in docs/reliabil
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from lldyn.cli import main
 from lldyn.rundir import RunDir
 from lldyn.train import TrainConfig, train
 
@@ -16,15 +13,8 @@ TIMING = ("seconds", "probe_seconds")
 
 
 @pytest.fixture(scope="module")
-def probes(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("probes")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        assert main(["probes", "build", "--data", "builtin", "--out", "probes.jsonl", "--limit", "2"]) == 0
-    finally:
-        os.chdir(cwd)
-    return str(root / "probes.jsonl")
+def probes(builtin_probes) -> str:
+    return str(builtin_probes)
 
 
 def tiny_run(out, probes: str, seed: int) -> RunDir:
