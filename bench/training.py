@@ -2,9 +2,9 @@
 
 Same model (embedded SmolLM2-135M-Instruct, or ``--model tiny-random-llama``), same data (the first
 ``(warmup + steps) · batch`` built-in training pairs, seen in the same order: lldyn's epoch-0 order, which
-TRL reads with ``train_sampling_strategy="sequential"``), same batch, optimizer (torch's AdamW as lldyn
-builds it, weight decay 0, no warm-up, constant schedule; TRL's own default with torch >= 2.8 would be
-the fused kernel ``adamw_torch_fused``, pinned here to ``adamw_torch``), gradient clipping, β, max length
+TRL reads with ``train_sampling_strategy="sequential"``), same batch, optimizer (torch's fused AdamW, as lldyn
+builds it and as TRL's default ``adamw_torch_fused`` does with torch >= 2.8; weight decay 0, no warm-up,
+constant schedule), gradient clipping, β, max length
 (prompt + response, the start kept; lldyn ``max_prompt_tokens=0`` to match TRL's ``keep_start``),
 float32 on the CPU, no gradient checkpointing (TRL turns it on by default: turned off here), no probes,
 no tracking.
@@ -174,7 +174,7 @@ def child_trl(p: dict, kind: str) -> dict:
         precompute = kind == "trl-precompute"
         args = DPOConfig(
             output_dir=tmp, per_device_train_batch_size=p["batch"], gradient_accumulation_steps=1, max_steps=steps,
-            learning_rate=p["lr"], lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch", weight_decay=0.0,
+            learning_rate=p["lr"], lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch_fused", weight_decay=0.0,
             max_grad_norm=p["max_grad_norm"], beta=p["beta"], loss_type=["sigmoid"], max_length=p["max_length"],
             truncation_mode="keep_start", precompute_ref_log_probs=precompute, gradient_checkpointing=False,
             bf16=False, fp16=False, use_cpu=True, logging_steps=1, save_strategy="no", report_to="none",

@@ -320,3 +320,14 @@ def test_lldyn_decompose_replays_a_run(tmp_path):
     a = [r["loss"] for r in train_rows(tmp_path / "run")]
     b = [r["loss"] for r in train_rows(tmp_path / "dec")]
     assert a == pytest.approx(b, abs=1e-6)
+    # Its figures (predicted vs actual, the +/- split per family) are drawn and embedded by `lldyn report`.
+    figures = [tmp_path / "dec" / "figures" / name for name in ("decompose-scatter.png", "decompose-parts.png")]
+    assert all(f.read_bytes().startswith(b"\x89PNG") for f in figures)
+    for f in figures:
+        f.unlink()
+    assert run_cli("report", "dec", "--out", "rep", cwd=tmp_path).returncode == 0
+    page = (tmp_path / "rep" / "report.html").read_text()
+    import base64
+
+    for f in figures:
+        assert f.is_file() and base64.b64encode(f.read_bytes()).decode() in page

@@ -5,7 +5,9 @@ the mean of log π over the probe prompts against the step with the inter-quarti
 overlaid with labels from their ``config.json``; the same for the change since step 0; and the
 squeeze signals (top-1 probability, entropy along y+ and y−). The HTML embeds every PNG as base64,
 a table of each run's last-step mean change per family, example probes, any PNG another module put
-in ``RUN/figures/`` (captioned with its file name) and any ``extra_sections`` a caller passes.
+in ``RUN/figures/`` (captioned with its file name; for a decomposed run the predicted-vs-actual and
++/− split figures of :mod:`lldyn.decompose.plots` are redrawn there first) and any ``extra_sections``
+a caller passes.
 
 Every piece of data set or model text that reaches the HTML goes through :func:`html.escape`.
 """
@@ -355,6 +357,10 @@ def write_report(runs: Sequence[str | Path], out: str | Path | None = None,
     sections = [("Probe families over training", squeeze_summary(data) + "".join(_img(p, c) for p, c in drawn)),
                 ("Mean change of log π at the last step", last_step_table(data))]
     own = {p.resolve() for p, _ in drawn}
+    from lldyn.decompose.plots import plot_decomposition
+
+    for d in data:
+        plot_decomposition(d.path)  # a decomposed run: predicted vs actual and the +/− split, redrawn into RUN/figures
     for d in data:
         extra = [p for p in sorted((d.path / FIGURES).glob("*.png")) if p.resolve() not in own
                  and p.name not in OWN_FIGURES]

@@ -45,8 +45,12 @@ def run(args: argparse.Namespace) -> int:
         raise LldynError("--out must be a new directory (the replay writes a run of its own)", file=args.out)
     cfg = replace(cfg, out=args.out, decompose_every=args.every, steps=args.steps or cfg.steps)
     result = train(cfg)
+    from lldyn.decompose.plots import plot_decomposition
+
     rows = [r for r in result.run.metrics() if "decompose/seconds" in r]
     print(f"decomposed {len(rows)} steps → {Path(args.out) / 'decompose.jsonl'}")
+    for figure in plot_decomposition(result.run.path):
+        print(f"  figure {figure}")
     for change in phase_changes(result.run.path):
         print("  " + describe(change))
     return 0
