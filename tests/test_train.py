@@ -285,6 +285,49 @@ def test_on_policy_dpo_samples_from_the_policy_and_labels_with_the_source(tmp_pa
     assert all(p.chosen not in {q.chosen for q in pairs} for p in fresh)
 
 
+def test_on_policy_lora_reference_is_the_policy_with_its_adapter_disabled(tmp_path):
+    """On-policy + LoRA: no frozen copy; the reference log-probs are the starting model's even after the
+    adapter has moved, and a short run completes."""
+    import lldyn.train as T
+
+    cfg = cfg_(tmp_path, method="dpo", steps=2, lr=1e-3, limit=6, batch_size=2, on_policy=True, lora_r=4,
+               preference_source="test_train:prefer_short", on_policy_max_new_tokens=8)
+    lm = T.load_start_model(cfg)
+    ref = T._reference_model(cfg, lm.model, lm, 0, phases(cfg))
+    assert isinstance(ref, T.AdapterDisabled) and ref.model is lm.model
+    with torch.no_grad():  # the adapter moves away from zero, as training would move it
+        for name, p in lm.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)
+    pairs, sft = load_training_data(cfg)
+    examples = encode_phase_data(phases(cfg)[0], pairs, sft, Encoder(lm.tokenizer, cfg.scoring()), cfg.data)
+    base = load_model(ModelConfig(name="tiny-random-llama"))
+    expected = T.reference_logps(base.model, base.tokenizer, examples, cfg)
+    moved = T.reference_logps(lm.model, lm.tokenizer, examples, cfg)
+    got = T.reference_logps(ref, lm.tokenizer, examples, cfg)
+    assert all(got[k] == pytest.approx(expected[k], abs=1e-4) for k in expected)
+    assert any(abs(moved[k][0] - expected[k][0]) > 1e-2 for k in expected)  # the adapter did change the policy
+    rows = train_rows(train(cfg, progress=False).run.path)
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
+
+
+def test_ref_is_another_model_or_run(tmp_path):
+    """--ref PATH: the reference log-probs are that model's (here an SFT run's), not the starting model's."""
+    import lldyn.train as T
+
+    sft = train(cfg_(tmp_path, "sft", method="sft", steps=2, lr=1e-2), progress=False)
+    dpo_cfg = cfg_(tmp_path, "dpo", method="dpo", steps=1, lr=1e-3, ref=str(sft.run.path))
+    train(dpo_cfg, progress=False)
+    stored = {json.loads(x)["id"]: json.loads(x) for x in (tmp_path / "dpo" / "ref_logps-0.jsonl").read_text().splitlines()}
+    pairs, _ = load_training_data(dpo_cfg)
+    examples = encode_phase_data(phases(dpo_cfg)[0], pairs, [], Encoder(sft.tokenizer, dpo_cfg.scoring()), dpo_cfg.data)
+    from_sft = T.reference_logps(load_run_model(sft.run.path).model, sft.tokenizer, examples, dpo_cfg)
+    start = load_model(ModelConfig(name="tiny-random-llama"))
+    from_start = T.reference_logps(start.model, start.tokenizer, examples, dpo_cfg)
+    assert all(stored[k]["chosen"] == pytest.approx(from_sft[k][0], abs=1e-4) for k in from_sft)
+    assert any(abs(stored[k]["chosen"] - from_start[k][0]) > 1e-2 for k in from_sft)
+
+
 def test_on_policy_needs_a_reference_based_method():
     with pytest.raises(LldynError, match="on-policy"):
         TrainConfig(method="simpo", on_policy=True, preference_source="x:y")

@@ -15,7 +15,7 @@ Log-probabilities come from the one engine (:func:`lldyn.scoring.sequence_logps`
 differentiable training forward; :func:`lldyn.scoring.score` for the reference). For off-policy
 pairwise phases the reference log-probs are computed once at the start of the phase and kept in
 the run directory (``ref_logps-<phase>.jsonl``), so no second model sits in memory; on-policy DPO
-keeps a frozen copy (or, with LoRA, the adapter-disabled base) because its responses change.
+keeps a frozen copy (with LoRA, the policy with its adapter disabled) because its responses change.
 
 Every optimizer step: metrics row (``event: train``), optional decomposition hook, tracker
 (probes every ``eval_every`` steps), checkpoint every ``checkpoint_every`` steps and at the end of
@@ -325,9 +325,19 @@ def pair_step(model: Any, batch: Sequence[Example], pad_id: int, cfg: TrainConfi
 # --------------------------------------------------------------------------- reference log-probs
 
 
+class AdapterDisabled(NamedTuple):
+    """The reference of an on-policy LoRA run: the policy itself with its adapter switched off, which is the
+    starting model (a fresh LoRA adapter starts at zero) without a second copy in memory."""
+
+    model: Any
+
+
 def reference_logps(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: TrainConfig
                     ) -> dict[str, tuple[float, float]]:
     """log π_ref(y+), log π_ref(y−) of every pair with the engine (no grad, prefix shared)."""
+    if isinstance(model, AdapterDisabled):
+        with model.model.disable_adapter():
+            return reference_logps(model.model, tokenizer, examples, cfg)
     reqs = []
     for e in examples:
         reqs += [ScoreRequest(e.prompt, e.chosen), ScoreRequest(e.prompt, e.rejected or "")]
@@ -732,17 +742,22 @@ def _reference_model(cfg: TrainConfig, model: Any, lm: Any, phase_index: int, pl
     """The DPO reference: ``--ref`` if given, else the model as it is at the start of this phase.
 
     Off-policy, the reference is only needed for the log-probs computed right now, so the policy
-    itself serves (no copy). On-policy it must stay frozen: a deep copy (or, with LoRA, the base
-    model with the adapter disabled, which needs no copy).
+    itself serves (no copy). On-policy it must stay frozen: with LoRA, the policy with its adapter
+    disabled (:class:`AdapterDisabled`, no copy); otherwise a frozen deep copy.
     """
     from lldyn.models import load_model
 
     if cfg.ref is not None:
         from dataclasses import replace
 
+        if is_run_dir(cfg.ref):  # an earlier run's final model, e.g. the SFT run of a two-run pipeline
+            ref = load_run_model(cfg.ref).model
+            return ref.merge_and_unload() if hasattr(ref, "merge_and_unload") else ref
         return load_model(replace(_model_config(cfg, cfg.ref), lora_r=0)).model
     if not cfg.on_policy:
         return model
+    if cfg.lora_r > 0 and hasattr(model, "disable_adapter"):
+        return AdapterDisabled(model)
     frozen = copy.deepcopy(model)
     frozen.eval()
     for p in frozen.parameters():
