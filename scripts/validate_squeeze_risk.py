@@ -12,6 +12,12 @@ On SmolLM2-135M-Instruct and real HH-RLHF pairs (``../shared/data/hh-rlhf``):
 4. score the pairs again and report Spearman(score, −Δ log π(y+)) for the risk score, its parts,
    CHES and two length baselines, with two-sided permutation p-values.
 
+With ``--from-runs START_RUN END_RUN`` nothing is trained: the start model is START_RUN's final model
+(END_RUN's starting point and DPO reference) and the end model END_RUN's; the pairs are END_RUN's
+training data (``--data`` overrides), all of them unless ``--pairs``. This validates the score on a run
+that squeezes, e.g. the demo's ``runs/demo/sft`` and ``runs/demo/dpo``; each row also says whether the pair
+was in one of END_RUN's batches.
+
 Writes ``OUT/results.json`` (everything), ``OUT/pairs.jsonl`` (per pair: scores and changes),
 ``OUT/train_pairs.jsonl`` (the selected pairs) and the run directory ``OUT/run`` (its checkpoint is
 deleted at the end unless ``--keep-checkpoint``), and prints a Markdown table for docs/squeezing.md.
@@ -68,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-response-tokens", type=int, default=48)
     p.add_argument("--permutations", type=int, default=10000)
     p.add_argument("--keep-checkpoint", action="store_true")
+    p.add_argument("--from-runs", nargs=2, metavar=("START_RUN", "END_RUN"), default=None,
+                   help="no training: score START_RUN's and END_RUN's final models (see the module docstring)")
     p.add_argument("--reanalyse", action="store_true",
                    help="no model: recompute the tables from OUT/pairs.jsonl and update OUT/results.json")
     return p.parse_args(argv)
@@ -130,14 +138,13 @@ def print_tables(results: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import numpy as np
     import torch
 
     from lldyn.data import load_preferences
     from lldyn.io import atomic_write_json, atomic_write_jsonl
     from lldyn.models import ModelConfig, load_model
     from lldyn.scoring import Encoder, ScoreConfig
-    from lldyn.squeeze_risk import SqueezeRiskConfig, rank_pairs, squeeze_risk
+    from lldyn.squeeze_risk import SqueezeRiskConfig, squeeze_risk
     from lldyn.train import TrainConfig, train
 
     args = parse_args(argv)
@@ -147,13 +154,25 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             row.setdefault("neg_low_entropy", -row["neg_entropy"])
         results = json.loads((out / "results.json").read_text())
-        results["correlations"] = analyse(rows, args.permutations, args.seed)
+        results.update(analyse_all(rows, args))
         results["targets"] = TARGETS
         results["reanalysed"] = "correlations recomputed from pairs.jsonl (no model run) by --reanalyse"
         atomic_write_json(out / "results.json", results)
-        print_tables(results)
+        print_all(results)
         return 0
-    if not Path(args.data).is_file():
+    end_cfg = None
+    if args.from_runs:
+        from lldyn.config import build_config
+        from lldyn.rundir import RunDir
+
+        values = {k: v for k, v in RunDir(args.from_runs[1]).config().items() if k not in ("kind", "lldyn_version")}
+        end_cfg = build_config(TrainConfig, values)
+        if args.data == str(DEFAULT_DATA):
+            args.data = end_cfg.data
+        args.beta, args.seed = end_cfg.beta, end_cfg.seed
+        args.max_prompt_tokens = end_cfg.max_prompt_tokens or 0
+        args.max_response_tokens = end_cfg.max_length - args.max_prompt_tokens
+    elif not Path(args.data).is_file():
         print(f"validate_squeeze_risk: data not found: {args.data} (needs ../shared/data)", file=sys.stderr)
         return 2
     out = Path(args.out)
@@ -163,10 +182,18 @@ def main(argv: list[str] | None = None) -> int:
     score_cfg = ScoreConfig(max_length=max_length, max_prompt_tokens=args.max_prompt_tokens)
 
     t_start = time.perf_counter()
-    lm = load_model(ModelConfig(name=args.model))
-    all_pairs = load_preferences(args.data, skip_invalid=True)
-    pairs = select_pairs(all_pairs, Encoder(lm.tokenizer, score_cfg), args.pairs, args.max_prompt_tokens,
-                         args.max_response_tokens)
+    if args.from_runs:
+        from lldyn.train import load_run_model
+
+        lm = load_run_model(args.from_runs[0])
+        all_pairs = load_preferences(args.data, end_cfg.split, end_cfg.limit, skip_invalid=end_cfg.skip_invalid)
+        pairs = select_pairs(all_pairs, Encoder(lm.tokenizer, score_cfg), len(all_pairs) if args.pairs == 48
+                             else args.pairs, args.max_prompt_tokens, args.max_response_tokens)
+    else:
+        lm = load_model(ModelConfig(name=args.model))
+        all_pairs = load_preferences(args.data, skip_invalid=True)
+        pairs = select_pairs(all_pairs, Encoder(lm.tokenizer, score_cfg), args.pairs, args.max_prompt_tokens,
+                             args.max_response_tokens)
     if len(pairs) < args.pairs:
         print(f"only {len(pairs)} pairs fit the limits", file=sys.stderr)
     data_file = out / "train_pairs.jsonl"
@@ -180,6 +207,21 @@ def main(argv: list[str] | None = None) -> int:
     before = engine_scores(lm.model, lm.tokenizer, pairs, score_cfg)
     del lm
     print(f"step-0 risk + CHES for {len(pairs)} pairs: {t_risk:.1f} s", flush=True)
+
+    if args.from_runs:
+        from lldyn.rundir import RunDir
+        from lldyn.train import batch_order, load_run_model
+
+        t0 = time.perf_counter()
+        end = load_run_model(args.from_runs[1])
+        after = engine_scores(end.model, end.tokenizer, pairs, score_cfg)
+        t_train = time.perf_counter() - t0
+        # The pairs of END_RUN's batches (its one pairwise phase, first epoch, all pairs usable, as in the demo).
+        steps = sum(1 for r in RunDir(args.from_runs[1]).metrics() if r.get("event") == "train")
+        order = batch_order(len(all_pairs), end_cfg.batch_size, end_cfg.seed, 0, 0)[:steps]
+        trained = {all_pairs[i].id for batch in order for i in batch}
+        train_rows = [r for r in RunDir(args.from_runs[1]).metrics() if r.get("event") == "train"]
+        return finish(args, out, pairs, risks, before, after, train_rows, t_risk, t_train, t_start, trained)
 
     run_dir = out / "run"
     if run_dir.exists():
@@ -195,27 +237,57 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.steps} DPO steps: {t_train:.1f} s", flush=True)
     if not args.keep_checkpoint:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    train_rows = [r for r in result.run.metrics() if r.get("event") == "train"]
+    return finish(args, out, pairs, risks, before, after, train_rows, t_risk, t_train, t_start, None)
 
-    d_chosen = np.array([a[0] - b[0] for a, b in zip(after, before)])
-    d_rejected = np.array([a[1] - b[1] for a, b in zip(after, before)])
-    d_argmax = np.array([a[2] - b[2] for a, b in zip(after, before)])
+
+def summarise(rows: list[dict]) -> dict:
+    """What DPO did to the pairs of ``rows`` (means, fractions) and the |ρ| needed for p < 0.05."""
+    import numpy as np
+
+    d_chosen = np.array([r["d_logp_chosen"] for r in rows])
+    d_rejected = np.array([r["d_logp_rejected"] for r in rows])
+    return {
+        "n_pairs": len(rows), "mean_d_logp_chosen": float(d_chosen.mean()),
+        "mean_d_logp_rejected": float(d_rejected.mean()),
+        "mean_d_logp_argmax": float(np.mean([r["d_logp_argmax"] for r in rows])),
+        "frac_chosen_fell": float((d_chosen < 0).mean()), "frac_both_fell": float(((d_chosen < 0) & (d_rejected < 0)).mean()),
+        "median_d_logp_chosen": float(np.median(d_chosen)), "rho_null_95": 1.96 / float(np.sqrt(len(rows) - 1)),
+    }
+
+
+def analyse_all(rows: list[dict], args: argparse.Namespace) -> dict:
+    """Summary and correlations of all pairs and, when rows say whether a pair was trained on, of the others."""
+    out = {"summary": summarise(rows), "correlations": analyse(rows, args.permutations, args.seed)}
+    if rows and "trained" in rows[0]:
+        untrained = [r for r in rows if not r["trained"]]
+        out["n_trained"] = len(rows) - len(untrained)
+        out["untrained"] = {"summary": summarise(untrained),
+                            "correlations": analyse(untrained, args.permutations, args.seed)}
+    return out
+
+
+def print_all(results: dict) -> None:
+    print_tables(results)
+    if "untrained" in results:
+        print(f"\nonly the {results['untrained']['summary']['n_pairs']} pairs that were in no training batch:")
+        print_tables(results["untrained"])
+
+
+def finish(args, out, pairs, risks, before, after, train_rows, t_risk, t_train, t_start, trained) -> int:
+    """Per-pair rows, correlations and the summary; written to OUT and printed."""
+    from lldyn.io import atomic_write_json, atomic_write_jsonl
+    from lldyn.squeeze_risk import rank_pairs
+
     ranked = {r.id: r for r in rank_pairs(risks)}
     rows = []
-    for r, b, dc, dr, da in zip(risks, before, d_chosen, d_rejected, d_argmax):
+    for r, b, a in zip(risks, before, after):
         row = ranked[r.id].to_json()
-        row.update({"neg_low_entropy": -r.neg_entropy, "logp_argmax": b[2], "d_logp_chosen": float(dc),
-                    "d_logp_rejected": float(dr), "d_logp_argmax": float(da)})
+        row.update({"neg_low_entropy": -r.neg_entropy, "logp_argmax": b[2], "d_logp_chosen": a[0] - b[0],
+                    "d_logp_rejected": a[1] - b[1], "d_logp_argmax": a[2] - b[2]})
+        if trained is not None:
+            row["trained"] = r.id in trained
         rows.append(row)
-    correlations = analyse(rows, args.permutations, args.seed)
-    n = len(pairs)
-    summary = {
-        "n_pairs": n, "mean_d_logp_chosen": float(d_chosen.mean()), "mean_d_logp_rejected": float(d_rejected.mean()),
-        "mean_d_logp_argmax": float(d_argmax.mean()), "frac_chosen_fell": float((d_chosen < 0).mean()),
-        "frac_both_fell": float(((d_chosen < 0) & (d_rejected < 0)).mean()),
-        "median_d_logp_chosen": float(np.median(d_chosen)),
-        "rho_null_95": 1.96 / float(np.sqrt(n - 1)),
-    }
-    train_rows = [r for r in result.run.metrics() if r.get("event") == "train"]
     results = {
         "what": "Spearman(score at step 0, -Δ log π(y+) after off-policy DPO), "
                 f"{args.model}, {Path(args.data).name}",
@@ -225,12 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         "train": {"first_loss": train_rows[0].get("loss") if train_rows else None,
                   "last_loss": train_rows[-1].get("loss") if train_rows else None,
                   "last_reward_acc": train_rows[-1].get("reward_acc") if train_rows else None},
-        "summary": summary, "correlations": correlations, "pair_ids": [p.id for p in pairs],
+        **analyse_all(rows, args), "pair_ids": [p.id for p in pairs],
     }
     atomic_write_json(out / "results.json", results)
     atomic_write_jsonl(out / "pairs.jsonl", rows)
-
-    print_tables(results)
+    print_all(results)
     print(f"results: {out / 'results.json'}")
     return 0
 

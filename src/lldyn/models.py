@@ -244,8 +244,6 @@ def _refuse_pickled_weights(path: Path) -> None:
 
 def load_model(config: ModelConfig) -> LoadedModel:
     """Load model and tokenizer as ``config`` says; the model is returned in eval mode."""
-    import torch
-
     if config.name == TINY_ALIAS:
         model = build_tiny_model(config.seed, attn_implementation=config.attn_implementation or "eager")
         tokenizer = build_tiny_tokenizer()
