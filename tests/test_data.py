@@ -110,3 +110,21 @@ def test_empty_unknown_missing_and_duplicate(tmp_path):
     f = write_jsonl(tmp_path / "dup.jsonl", [{"id": "x", "prompt": "p", "chosen": "c", "rejected": "r"}] * 2)
     with pytest.raises(LldynError, match="duplicate id 'x'"):
         load_preferences(str(f))
+
+
+def test_hf_dataset_by_name_with_a_split(tmp_path, monkeypatch):
+    """hf:NAME goes through datasets.load_dataset (offline here: a local data set folder with two splits)."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder = tmp_path / "my-prefs"
+    folder.mkdir()
+    for split, n in (("train", 3), ("test", 2)):
+        rows = [{"prompt": f"{split} question {i}?", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(n)]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train = load_preferences(f"hf:{folder}", "train")
+    test = load_preferences(f"hf:{folder}", "test")
+    assert [p.prompt for p in train] == [f"train question {i}?" for i in range(3)]
+    assert [(p.chosen, p.rejected) for p in test] == [("good 0", "bad 0"), ("good 1", "bad 1")]
+    assert len({p.id for p in train}) == 3
+    with pytest.raises(LldynError, match="cannot load Hugging Face data set") as err:
+        load_preferences("hf:nobody/no-such-dataset-offline", "train")
+    assert "nobody/no-such-dataset-offline" in str(err.value)

@@ -238,3 +238,32 @@ def test_accelerate_two_processes_equal_single_process_values(probes, tmp_path):
             assert s.response == generate(start.model, start.tokenizer, [s.prompt], GEN)[0]
     for (pid, fam), value in score_rows(start.model, start.tokenizer, samples).items():
         assert got[(0, pid, fam)] == pytest.approx(value, abs=1e-4), (pid, fam)
+
+
+def test_plain_trainer_with_a_causal_lm(probes, tmp_path):
+    """transformers' own Trainer (no TRL): the callback tracks, writes a run directory and matches the engine."""
+    from transformers import Trainer, TrainingArguments
+
+    lm = load_model(TINY)
+    tok = lm.tokenizer
+    pairs = load_preferences("builtin:train", limit=4)
+
+    def example(p):
+        ids = tok(f"{p.prompt} {p.chosen}")["input_ids"][:64]
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": ids}
+
+    data = Dataset.from_list([example(p) for p in pairs])
+    cb = LearningDynamicsCallback(probes=probes, every=1, out=tmp_path / "run", initial_sample=False,
+                                  tokenizer=tok)  # a plain Trainer needs no processing_class
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=1, max_steps=2,
+                             learning_rate=5e-2, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+                             seed=0, disable_tqdm=True)
+    trainer = Trainer(model=lm.model, args=args, train_dataset=data, callbacks=[cb])
+    trainer.train()
+    assert [m["step"] for m in cb.metrics()] == [0, 1, 2]
+    rows = {(r["prompt_id"], r["family"]): r["logp"] for r in cb.tracker.last_rows}
+    expect = score_rows(trainer.model, tok, probes)
+    assert set(rows) == set(expect) and all(rows[k] == pytest.approx(v, abs=1e-4) for k, v in expect.items())
+    assert any(abs(v) > 0.1 for k, v in cb.metrics()[-1].items() if k.startswith("family_delta/"))
+    assert (tmp_path / "run" / "probe_table.jsonl").is_file()
+    assert any("lldyn/family_mean/chosen" in h for h in trainer.state.log_history)

@@ -59,12 +59,16 @@ class LearningDynamicsCallback(TrainerCallback):
         callbacks: tracker callbacks ``fn(summary, history) -> dict | None`` (e.g. the squeeze alarm).
         initial_sample: generate the ``initial_sample`` family at the start.
         label: name of the run in reports (default: trainer kind and learning rate).
+        tokenizer: the tokenizer to score with, for a ``Trainer`` built without ``processing_class``
+            (default: the trainer's ``processing_class``).
     """
 
     def __init__(self, probes: ProbeSet | str | Path, every: int = 20, out: str | Path | None = None,
                  score_config: ScoreConfig = ScoreConfig(), callbacks: Sequence[TrackerCallback] = (),
-                 initial_sample: bool = True, generation_config: Any = None, label: str | None = None) -> None:
+                 initial_sample: bool = True, generation_config: Any = None, label: str | None = None,
+                 tokenizer: Any = None) -> None:
         self.probes = ProbeSet.coerce(probes)
+        self.tokenizer = tokenizer
         self.every = every
         self.out = None if out is None else Path(out)
         self.score_config = score_config
@@ -110,12 +114,13 @@ class LearningDynamicsCallback(TrainerCallback):
     def _make_tracker(self, args, state, model, processing_class) -> Tracker:
         from accelerate import PartialState
 
-        tokenizer = getattr(processing_class, "tokenizer", None) or processing_class
+        tokenizer = self.tokenizer or getattr(processing_class, "tokenizer", None) or processing_class
         if model is None or tokenizer is None:
             from lldyn.errors import LldynError
 
             raise LldynError("the trainer passed no model or processing_class to the callback",
-                             field="processing_class", expected="Trainer(..., processing_class=tokenizer)")
+                             field="processing_class", expected="Trainer(..., processing_class=tokenizer) or "
+                             "LearningDynamicsCallback(..., tokenizer=tokenizer)")
         dist = PartialState()
         run = None
         if self.out is not None:
