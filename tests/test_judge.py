@@ -15,7 +15,7 @@ import pytest
 
 from lldyn.cli import main
 from lldyn.errors import LldynError
-from lldyn.judge import (Judgement, PairJudgement, PreferenceSource, bootstrap_ci, is_run_dir, judge_both_orders,
+from lldyn.judge import (Judgement, PairJudgement, PreferenceSource, bootstrap_ci, judge_both_orders,
                          judge_message, load_model_or_run, load_preference_source, load_prompts, parse_judgement,
                          win_rate)
 
@@ -238,6 +238,8 @@ def test_run_directory_loads_the_trained_weights(tmp_path):
     run = tmp_path / "run"
     train.train(train.TrainConfig(method="sft", model="tiny-random-llama", data="builtin:train", limit=4, steps=1,
                                   batch_size=2, lr=1e-2, out=str(run), eval_every=0))
+    from lldyn.train import is_run_dir
+
     assert is_run_dir(str(run)) and not is_run_dir(str(tmp_path))
     trained = load_model_or_run(str(run)).model
     base = load_model(ModelConfig(name="tiny-random-llama")).model

@@ -14,7 +14,7 @@ from lldyn.checkpoint import list_checkpoints, load_checkpoint
 from lldyn.errors import LldynError
 from lldyn.models import ModelConfig, load_model
 from lldyn.rundir import RunDir
-from lldyn.scoring import Encoder, ScoreRequest, collate, score, sequence_logps
+from lldyn.scoring import Encoder, ScoreConfig, ScoreRequest, collate, score, sequence_logps
 from lldyn.train import (TrainConfig, load_run_model, micro_batch, pair_step, phases, encode_phase_data,
                          load_training_data, train)
 
@@ -374,3 +374,21 @@ def test_lldyn_decompose_replays_a_run(tmp_path):
 
     for f in figures:
         assert f.is_file() and base64.b64encode(f.read_bytes()).decode() in page
+
+
+def test_score_a_run_and_one_of_its_checkpoints(tmp_path):
+    """lldyn score --model RUN/checkpoints/step-N scores that checkpoint's weights; --model RUN the last ones."""
+    cfg = cfg_(tmp_path, method="sft", steps=2, lr=1e-2, checkpoint_every=1, keep_checkpoints=5)
+    train(cfg, progress=False)
+    first = Path(cfg.out) / "checkpoints" / "step-00000001"
+    rows = {}
+    for name, spec in (("first", first), ("last", Path(cfg.out))):
+        assert run_cli("score", "--model", str(spec), "--data", "builtin:train", "--limit", "2", "--out",
+                       f"{name}.jsonl", cwd=tmp_path).returncode == 0
+        rows[name] = [json.loads(x)["logp"] for x in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    lm = load_run_model(cfg.out, first)
+    pairs, _ = load_training_data(cfg_(tmp_path, limit=2))
+    direct = score(lm.model, lm.tokenizer, [ScoreRequest(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)],
+                   ScoreConfig())
+    assert rows["first"] == pytest.approx([r.logp for r in direct], abs=1e-4)
+    assert max(abs(a - b) for a, b in zip(rows["first"], rows["last"])) > 1e-3

@@ -504,25 +504,8 @@ def load_prompts(source: str, split: str = "test", limit: int | None = None) -> 
     return out
 
 
-def is_run_dir(spec: str) -> bool:
-    """A directory lldyn trained into (config.json plus metrics.jsonl or checkpoints/, or a config with a method)."""
-    path = Path(spec).expanduser()
-    if not (path.is_dir() and (path / "config.json").is_file()):
-        return False
-    if (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir():
-        return True
-    try:
-        return "method" in json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-
-
 def load_model_or_run(spec: str):
-    """A model spec (alias, .gguf, model directory, Hub id) or an lldyn run directory → LoadedModel."""
-    if is_run_dir(spec):
-        from lldyn.train import load_run_model  # heavy, and only needed for run directories
+    """A model spec, an lldyn run directory or one of its checkpoints → LoadedModel (see :func:`lldyn.train.load_model_or_run`)."""
+    from lldyn.train import load_model_or_run as load  # heavy: only imported when a model is loaded
 
-        return load_run_model(spec)
-    from lldyn.models import ModelConfig, load_model
-
-    return load_model(ModelConfig(name=spec))
+    return load(spec)

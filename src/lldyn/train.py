@@ -709,7 +709,27 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
 
 
 def is_run_dir(path: str | Path) -> bool:
+    """A directory ``lldyn train`` wrote into (``config.json`` and ``checkpoints/``)."""
     return (Path(path) / "config.json").is_file() and (Path(path) / "checkpoints").is_dir()
+
+
+def is_checkpoint_dir(path: str | Path) -> bool:
+    """``RUN/checkpoints/step-XXXXXXXX`` of a run directory."""
+    path = Path(path)
+    return path.is_dir() and path.parent.name == "checkpoints" and is_run_dir(path.parent.parent)
+
+
+def load_model_or_run(spec: str | Path):
+    """A model spec (alias, .gguf, model directory, Hub id), an lldyn run directory (its latest checkpoint)
+    or one checkpoint of a run (``RUN/checkpoints/step-XXXXXXXX``, e.g. the end of a run's SFT phase)
+    → LoadedModel."""
+    if is_checkpoint_dir(spec):
+        return load_run_model(Path(spec).parent.parent, spec)
+    if is_run_dir(spec) or (Path(spec) / "metrics.jsonl").is_file():  # a run without checkpoints: a clear error
+        return load_run_model(spec)
+    from lldyn.models import ModelConfig, load_model
+
+    return load_model(ModelConfig(name=str(spec)))
 
 
 def load_start_model(cfg: TrainConfig):

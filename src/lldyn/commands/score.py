@@ -7,7 +7,9 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="score responses of a data file with the log-prob engine",
                        description="Write one row per (example id, response kind) with logp and n_tokens.")
-    p.add_argument("--model", default="smollm2-135m-instruct", help="alias, .gguf file, directory or Hub id")
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="alias, .gguf file, directory, Hub id, an lldyn run directory or one of its checkpoints "
+                        "(RUN/checkpoints/step-XXXXXXXX)")
     p.add_argument("--data", required=True, help="preference or SFT data (.jsonl/.json/.parquet, builtin, hf:NAME)")
     p.add_argument("--split", default="train", help="split for Hugging Face data sets")
     p.add_argument("--out", required=True, help="output JSONL file")
@@ -30,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from lldyn.io import atomic_write_jsonl
     from lldyn.models import ModelConfig, load_model
     from lldyn.scoring import ScoreConfig, ScoreRequest, score
+    from lldyn.train import is_checkpoint_dir, is_run_dir, load_model_or_run
 
     out = Path(args.out)
     if out.is_dir():
@@ -37,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
     config = build_config(ScoreConfig, {"template": not args.raw, "max_length": args.max_length,
                                         "max_prompt_tokens": args.max_prompt_tokens})
     requests, keys = _requests(args, load_preferences, load_sft)
-    lm = load_model(build_config(ModelConfig, {"name": args.model, "trust_remote_code": args.trust_remote_code}))
+    if is_run_dir(args.model) or is_checkpoint_dir(args.model):
+        lm = load_model_or_run(args.model)  # a run's final model, or one of its checkpoints
+    else:
+        lm = load_model(build_config(ModelConfig, {"name": args.model, "trust_remote_code": args.trust_remote_code}))
     results = score(lm.model, lm.tokenizer, [ScoreRequest(*r) for r in requests], config,
                     per_token=args.per_token, progress=True)
     rows = []
