@@ -289,3 +289,25 @@ def test_bad_probe_is_one_clear_error():
     lm = tiny()
     with pytest.raises(LldynError, match="probe 0"):
         StepDecomposer(lm.tokenizer, [42])
+
+
+def test_cli_kernel_writes_the_heatmap_and_the_matrix(tmp_path, monkeypatch):
+    """lldyn kernel: two probes of a probe file → PNG + JSON whose matrix is last_layer_kernel's."""
+    import json
+
+    from lldyn.cli import main
+    from lldyn.probes import ProbeSet
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["probes", "build", "--data", "builtin", "--out", "probes.jsonl", "--limit", "2"]) == 0
+    probes = ProbeSet.load("probes.jsonl")
+    a, b = probes.prompt_ids[:2]
+    assert main(["kernel", "--model", "tiny-random-llama", "--probes", "probes.jsonl", "--probe", f"{a}/chosen",
+                 "--train", f"{b}/rejected", "--out", "k.png"]) == 0
+    assert (tmp_path / "k.png").read_bytes().startswith(b"\x89PNG")
+    saved = json.loads((tmp_path / "k.json").read_text())
+    lm = tiny()
+    p_o, p_u = probes.get(a, "chosen"), probes.get(b, "rejected")
+    tk = last_layer_kernel(lm.model, lm.tokenizer, (p_o.prompt, p_o.response), (p_u.prompt, p_u.response))
+    assert torch.allclose(torch.tensor(saved["kernel"]), tk.kernel, atol=1e-4)
+    assert saved["train_tokens"] == list(tk.train_tokens) and len(saved["probe_tokens"]) == tk.kernel.shape[0]

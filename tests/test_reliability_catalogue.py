@@ -308,6 +308,11 @@ CASES = [
     Case("run-score-out-is-a-dir", ("score", "--model", "tiny-random-llama", "--data", "data.jsonl", "--out", "outdir"),
          ("outdir", "output is a directory", "expected a file path"),
          both(data("data.jsonl", GOOD), lambda root, trained: (root / "outdir").mkdir())),
+    Case("probes-kernel-unknown-probe", ("kernel", "--model", "tiny-random-llama", "--probes", "probes.jsonl",
+                                          "--probe", "nope/chosen", "--train", "q0/rejected", "--out", "k.png"),
+         ("probes.jsonl", "field 'probe'", "no probe 'nope/chosen'", "expected PROMPT_ID/FAMILY"),
+         data("probes.jsonl", jsonl([{"id": f"q0/{f}", "prompt_id": "q0", "family": f, "prompt": "Hi?",
+                                      "response": "Hello."} for f in ("chosen", "rejected")]))),
     Case("run-mnist-data-dir-missing", ("mnist", "--data", "nodata", "--out", "mnist", "--quick"),
          ("nodata", "expected")),
 ]

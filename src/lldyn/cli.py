@@ -18,6 +18,7 @@ COMMANDS: tuple[str, ...] = (
     "decompose",
     "demo",
     "judge",
+    "kernel",
     "mnist",
     "probes",
     "report",
