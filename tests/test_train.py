@@ -105,7 +105,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
         pass
 
     class KillAt:
-        def before_step(self, step, model, terms):
+        def before_step(self, step, model, terms, optimizer=None):
             if step == 6:
                 raise Kill
 
@@ -152,6 +152,21 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     load_checkpoint(ckpts[-1], lm.model, restore_rng=False)
     assert all(torch.isfinite(p).all() for p in lm.model.parameters())
     assert [r["step"] for r in train_rows(cfg.out)] == [1, 2]
+
+
+def test_non_finite_weights_are_never_kept_as_last_good(tmp_path):
+    """A step that overflows the weights (finite loss, huge SGD step) is caught at the next loss; the
+    overflowed weights are not saved, so --resume cannot pick them up."""
+    cfg = cfg_(tmp_path, method="sft", steps=5, lr=1e38, optimizer="sgd", max_grad_norm=0.0, checkpoint_every=1)
+    with pytest.raises(LldynError, match="non-finite") as info:
+        train(cfg, progress=False)
+    assert "no earlier checkpoint" in str(info.value) or "kept in" in str(info.value)
+    for ckpt in list_checkpoints(Path(cfg.out) / "checkpoints"):
+        lm = load_model(ModelConfig(name="tiny-random-llama"))
+        load_checkpoint(ckpt, lm.model, restore_rng=False)
+        assert all(torch.isfinite(p).all() for p in lm.model.parameters()), ckpt
+    stopped = [r for r in RunDir(cfg.out).metrics() if r["event"] == "stopped"]
+    assert len(stopped) == 1 and stopped[0]["weights_finite"] is False
 
 
 def test_extend_reference_is_the_extended_sft_model(tmp_path):
@@ -265,8 +280,11 @@ def test_toml_config_with_cli_override(tmp_path):
 
 
 def prefer_short(prompt: str, response: str) -> float:
-    """A reward function for the on-policy test: shorter responses win."""
-    return -float(len(response))
+    """A reward function for the on-policy test: shorter responses win; equal lengths are broken by a
+    hash of the text (the tiny model's samples often have the same length), so only identical samples tie."""
+    import zlib
+
+    return -float(len(response)) + (zlib.crc32(response.encode()) % 1000) * 1e-6
 
 
 def test_on_policy_dpo_samples_from_the_policy_and_labels_with_the_source(tmp_path):
@@ -283,6 +301,65 @@ def test_on_policy_dpo_samples_from_the_policy_and_labels_with_the_source(tmp_pa
                               .load_preference_source("test_train:prefer_short"), cfg, step=0)
     assert fresh and all(len(p.chosen) <= len(p.rejected) for p in fresh)
     assert all(p.chosen not in {q.chosen for q in pairs} for p in fresh)
+
+
+def test_on_policy_round_samples_only_the_prompts_it_needs_and_saves_them(tmp_path):
+    """Each round samples refresh × batch prompts (not the whole data set), writes what it sampled and how
+    it was labelled into the run directory, and reports the round in the metrics."""
+    cfg = cfg_(tmp_path, method="dpo", steps=4, lr=1e-3, limit=12, batch_size=2, on_policy=True, on_policy_refresh=2,
+               preference_source="test_train:prefer_short", on_policy_max_new_tokens=8)
+    result = train(cfg, progress=False)
+    rounds = sorted((result.run.path / "on_policy").glob("round-*.jsonl"))
+    assert [p.name for p in rounds] == ["round-000000.jsonl", "round-000001.jsonl"]
+    for path in rounds:
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        assert 2 <= len(rows) <= 4 and all(len(r["chosen"]) <= len(r["rejected"]) for r in rows)
+        assert rows[0]["prompts_sampled"] < 12  # not every prompt of the data set
+    metrics = train_rows(result.run.path)
+    assert [r["on_policy/round"] for r in metrics] == [0, 0, 1, 1]
+
+
+def prefer_nothing(prompt: str, response: str) -> float:
+    """A reward function that separates nothing: every pair is a tie."""
+    return 0.0
+
+
+def test_on_policy_with_an_undecided_source_stops_instead_of_training_off_policy(tmp_path):
+    cfg = cfg_(tmp_path, method="dpo", steps=2, lr=1e-3, limit=6, batch_size=2, on_policy=True,
+               preference_source="test_train:prefer_nothing", on_policy_max_new_tokens=8)
+    with pytest.raises(LldynError, match="decided only 0 of 6") as info:
+        train(cfg, progress=False)
+    assert info.value.field == "preference_source"
+    assert train_rows(cfg.out) == []
+
+
+def test_on_policy_kill_and_resume_equals_uninterrupted(tmp_path):
+    """Resumed in the middle of a round: the reference is still the starting model and the round's pairs
+    are the ones sampled before the kill (read back from the run directory), so the losses match."""
+    base = dict(method="dpo", steps=5, lr=1e-3, limit=8, batch_size=2, on_policy=True, on_policy_refresh=2,
+                preference_source="test_train:prefer_short", on_policy_max_new_tokens=8, checkpoint_every=1)
+    full = train(cfg_(tmp_path, "full", **base), progress=False)
+
+    class Kill(Exception):
+        pass
+
+    class KillAt:
+        def before_step(self, step, model, terms, optimizer=None):
+            if step == 4:  # after the step-3 checkpoint: in the middle of round 1 (steps 3-4)
+                raise Kill
+
+        def after_step(self, step, model, optimizer):
+            return None
+
+    cut = cfg_(tmp_path, "cut", **base)
+    with pytest.raises(Kill):
+        train(cut, decomposer=KillAt(), progress=False)
+    resumed = train(cut, resume=True, progress=False)
+    a, b = train_rows(full.run.path), train_rows(resumed.run.path)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
+    for ra, rb in zip(a, b):
+        assert rb["loss"] == pytest.approx(ra["loss"], abs=1e-6)
+        assert rb["on_policy/round"] == ra["on_policy/round"]
 
 
 def test_on_policy_lora_reference_is_the_policy_with_its_adapter_disabled(tmp_path):

@@ -225,7 +225,7 @@ def test_two_process_non_finite_loss_stops_every_rank_with_the_last_good_weights
     proc = two_processes(tmp_path, *args, "--out", "run")
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("lldyn train: error:")]
-    assert errors and len(set(errors)) == 1 and "non-finite loss or gradient at step 2" in errors[0]
+    assert errors and len(set(errors)) == 1 and "non-finite loss, gradient or weights at step 2" in errors[0]
     assert "[rank" not in proc.stderr
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-00000001"]
     assert [(r["step"], r["event"]) for r in RunDir(tmp_path / "run").metrics()] == [(1, "train"), (2, "stopped")]

@@ -107,6 +107,25 @@ def test_remote_code_runs_only_with_the_flag(tmp_path):
     assert marker.exists()
 
 
+def test_a_run_directory_cannot_turn_remote_code_on(tmp_path):
+    """A run's config.json saying trust_remote_code = true (a run someone else made) runs nothing unasked."""
+    from lldyn.io import atomic_write_json
+    from lldyn.train import TrainConfig, load_model_or_run, run_config
+
+    marker = tmp_path / "RAN"
+    model_dir = remote_code_model(tmp_path, marker)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    atomic_write_json(run / "config.json", run_config(TrainConfig(model=str(model_dir), trust_remote_code=True,
+                                                                  out=str(run))))
+    for spec in (run, model_dir):
+        with pytest.raises(LldynError, match="--trust-remote-code") as info:
+            load_model_or_run(spec)
+        assert info.value.field == "trust_remote_code"
+    assert main(["score", "--model", str(run), "--data", "builtin", "--limit", "1", "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert not marker.exists() and not (tmp_path / "o.jsonl").exists()
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 

@@ -185,14 +185,15 @@ def _judge_messages(prompt: Prompt, response_a: str, response_b: str) -> list[di
 class HFJudge(PreferenceSource):
     """A local chat model judges with the paper's instruction, greedy (``lldyn.generation.generate``)."""
 
-    def __init__(self, model_name: str, max_new_tokens: int = 128, batch_size: int = 4) -> None:
-        from lldyn.models import EMBEDDED_ALIAS, ModelConfig, load_model
+    def __init__(self, model_name: str, max_new_tokens: int = 128, batch_size: int = 4,
+                 trust_remote_code: bool = False) -> None:
+        from lldyn.models import EMBEDDED_ALIAS
 
         self.model_name = model_name or EMBEDDED_ALIAS
         self.name = f"hf:{self.model_name}"
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
-        self.lm = load_model(ModelConfig(name=self.model_name))
+        self.lm = load_model_or_run(self.model_name, trust_remote_code)
 
     def judge_batch(self, items: Sequence[tuple[Prompt, str, str]], progress: bool = False) -> list[Judgement]:
         from lldyn.generation import GenerationConfig, generate
@@ -345,15 +346,16 @@ class RewardFunctionSource(PreferenceSource):
 
 
 def load_preference_source(spec: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY", *,
-                           max_tokens: int = 128) -> PreferenceSource:
+                           max_tokens: int = 128, trust_remote_code: bool = False) -> PreferenceSource:
     """``hf:MODEL`` | ``openai:MODEL`` | ``module:function`` → a :class:`PreferenceSource` (see module doc).
 
-    ``max_tokens`` bounds a model judge's answer (the comparison sentence and the verdict).
+    ``max_tokens`` bounds a model judge's answer (the comparison sentence and the verdict);
+    ``trust_remote_code`` is passed to a local judge model's loader.
     """
     spec = (spec or "").strip()
     kind, sep, rest = spec.partition(":")
     if spec == "hf" or kind == "hf":
-        return HFJudge(rest, max_new_tokens=max_tokens)
+        return HFJudge(rest, max_new_tokens=max_tokens, trust_remote_code=trust_remote_code)
     if kind == "openai":
         return OpenAIJudge(rest, base_url, api_key_env, max_tokens=max_tokens)
     if sep and rest.isidentifier() and kind and all(p.isidentifier() for p in kind.split(".")):
@@ -504,8 +506,8 @@ def load_prompts(source: str, split: str = "test", limit: int | None = None) -> 
     return out
 
 
-def load_model_or_run(spec: str):
+def load_model_or_run(spec: str, trust_remote_code: bool = False):
     """A model spec, an lldyn run directory or one of its checkpoints → LoadedModel (see :func:`lldyn.train.load_model_or_run`)."""
     from lldyn.train import load_model_or_run as load  # heavy: only imported when a model is loaded
 
-    return load(spec)
+    return load(spec, trust_remote_code)

@@ -811,16 +811,22 @@ class SqueezeAlarm:
     ``squeeze/d_logp_argmax``, ``squeeze/d_top1`` (absent at the first evaluation). When it fires it
     logs one warning line on the ``lldyn`` logger.
 
+    ``from_step`` is the evaluation the squeeze is measured from: the start of the preference phase.
+    In a one-run SFT → DPO pipeline that is the end of SFT, not step 0: SFT first lifts y+ by many
+    nats, and measured from step 0 DPO would have to undo all of it before the alarm could fire.
+    Evaluations before ``from_step`` never fire.
+
     Stateless: the state is recomputed from ``history`` (which ends with ``summary``), so a resumed
     run gives the same answers as an uninterrupted one.
     """
 
-    def __init__(self, config: SqueezeAlarmConfig = SqueezeAlarmConfig()) -> None:
+    def __init__(self, config: SqueezeAlarmConfig = SqueezeAlarmConfig(), from_step: int = 0) -> None:
         self.config = config
+        self.from_step = from_step
 
     def __call__(self, summary: "TrackSummary", history: Sequence["TrackSummary"]) -> dict[str, Any]:
         evals = sorted({s.step: s for s in [*history, summary]}.values(), key=lambda s: s.step)
-        evals = [s for s in evals if s.step <= summary.step]
+        evals = [s for s in evals if self.from_step <= s.step <= summary.step]
         if len(evals) < 2:
             return {"squeeze/alarm": False, "squeeze/since_step": None}
         flags = squeeze_flags([s.signals for s in evals], self.config)
@@ -839,9 +845,18 @@ class SqueezeAlarm:
         return out
 
 
-def squeeze_alarm(config: SqueezeAlarmConfig = SqueezeAlarmConfig()) -> SqueezeAlarm:
+def squeeze_alarm(config: SqueezeAlarmConfig = SqueezeAlarmConfig(), from_step: int = 0) -> SqueezeAlarm:
     """The squeeze alarm as a tracker callback: ``Tracker(..., callbacks=[squeeze_alarm()])``."""
-    return SqueezeAlarm(config)
+    return SqueezeAlarm(config, from_step)
+
+
+def preference_start(metrics_rows: Iterable[Mapping[str, Any]]) -> int:
+    """The step at which a run's preference phase starts: the step before its first training row of a
+    non-SFT phase (``phase`` key of ``event == "train"`` rows); 0 when the rows name no phase (a TRL
+    callback's run, a single-method run)."""
+    starts = [int(r["step"]) - 1 for r in metrics_rows
+              if r.get("event") == "train" and r.get("phase") not in (None, "sft") and "step" in r]
+    return max(0, min(starts)) if starts else 0
 
 
 def squeeze_intervals(metrics_rows: Iterable[Mapping[str, Any]],
@@ -850,13 +865,15 @@ def squeeze_intervals(metrics_rows: Iterable[Mapping[str, Any]],
 
     metrics_rows: a run's ``metrics.jsonl`` rows; only ``event == "probes"`` rows are read (the last
     row of a step wins). A row's recorded ``squeeze/alarm`` is used when present; otherwise the alarm
-    is recomputed from its ``signal/*`` keys with ``config``, so runs tracked without the callback are
-    shaded too. ``start`` is the evaluation before the first alarm of a run of alarms, ``end`` the
-    last alarm's step.
+    is recomputed from its ``signal/*`` keys with ``config``, measured from the start of the preference
+    phase (:func:`preference_start`), so runs tracked without the callback are shaded too. ``start`` is
+    the evaluation before the first alarm of a run of alarms, ``end`` the last alarm's step.
     """
+    metrics_rows = list(metrics_rows)
+    from_step = preference_start(metrics_rows)
     by_step: dict[int, Mapping[str, Any]] = {}
     for row in metrics_rows:
-        if row.get("event") == "probes" and "step" in row:
+        if row.get("event") == "probes" and "step" in row and int(row["step"]) >= from_step:
             by_step[int(row["step"])] = row
     steps = sorted(by_step)
     rows = [by_step[s] for s in steps]

@@ -366,6 +366,39 @@ def load_or_compute_reference(run: RunDir | None, phase_index: int, ref_model: A
 # --------------------------------------------------------------------------- on-policy pairs
 
 
+def on_policy_prompt_order(n_prompts: int, cfg: TrainConfig, round_index: int) -> list[int]:
+    """The prompts of on-policy sampling round ``round_index``, in the order they are tried: a seeded
+    permutation of all of them (a pure function of its inputs, so a resumed run tries the same ones)."""
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * (round_index + 1))
+    return torch.randperm(n_prompts, generator=g).tolist()
+
+
+def on_policy_round(model: Any, tokenizer: Any, pairs: Sequence[PreferenceExample], source: Any, cfg: TrainConfig,
+                    step: int, round_index: int) -> tuple[list[PreferenceExample], int]:
+    """The pairs of one on-policy round (the ``on_policy_refresh`` steps from ``step`` on): two samples from
+    the current policy for just the prompts those steps need (``refresh × batch_size × grad_accum``), more
+    when the source leaves some undecided, until at least that many pairs or every prompt was tried.
+
+    Returns the labelled pairs and how many prompts were sampled. Fewer than ``batch_size`` pairs is an error:
+    training on the data set's own pairs instead would silently turn the run off-policy.
+    """
+    need = cfg.on_policy_refresh * cfg.batch_size * cfg.grad_accum
+    order = on_policy_prompt_order(len(pairs), cfg, round_index)
+    out: list[PreferenceExample] = []
+    tried = 0
+    while len(out) < need and tried < len(order):
+        chunk = [pairs[i] for i in order[tried:tried + need - len(out)]]
+        out += on_policy_pairs(model, tokenizer, chunk, source, cfg, step)
+        tried += len(chunk)
+    if len(out) < cfg.batch_size:
+        raise LldynError(f"on-policy round at step {step}: the preference source decided only {len(out)} of {tried} "
+                         f"sampled pairs (identical samples, ties and unreadable judgements are dropped), fewer than "
+                         f"the batch size {cfg.batch_size}", field="preference_source",
+                         expected="a source that separates the policy's samples (a reward function, a stronger judge), "
+                                  "a higher --on-policy-temperature or a smaller --batch-size")
+    return out, tried
+
+
 def on_policy_pairs(model: Any, tokenizer: Any, pairs: Sequence[PreferenceExample], source: Any, cfg: TrainConfig,
                     step: int) -> list[PreferenceExample]:
     """Two samples per prompt from the current policy, labelled by ``source.prefer`` (unlabelled prompts dropped)."""
@@ -386,6 +419,40 @@ def on_policy_pairs(model: Any, tokenizer: Any, pairs: Sequence[PreferenceExampl
         chosen, rejected = (a, b) if choice == 0 else (b, a)
         out.append(PreferenceExample(p.id, p.prompt, chosen, rejected, {"on_policy_step": step}, p.where))
     return out
+
+
+ON_POLICY_DIR = "on_policy"
+
+
+def on_policy_examples(run: RunDir, model: Any, tokenizer: Any, pairs: Sequence[PreferenceExample], source: Any,
+                       cfg: TrainConfig, phase: Phase, encoder: Encoder, step: int,
+                       global_step: int) -> tuple[list[Example], int, dict[str, float]]:
+    """The encoded pairs of the on-policy round that contains phase step ``step``, its first step, and the
+    metrics that describe it.
+
+    A round starting now is sampled from the current policy and saved to ``RUN/on_policy/round-NNNNNN.jsonl``
+    (what was sampled and how it was labelled, for the user to read). A run resumed in the middle of a round
+    reads that round's pairs back: the policy that sampled them is gone, and sampling again from the resumed
+    weights would train on other pairs than the uninterrupted run.
+    """
+    from lldyn.data import parse_preference_row, read_rows
+    from lldyn.io import atomic_write_jsonl
+
+    round_index, offset = divmod(step, cfg.on_policy_refresh)
+    path = run.path / ON_POLICY_DIR / f"round-{round_index:06d}.jsonl"
+    if offset and path.is_file():
+        rows = list(read_rows(path))
+        fresh = [parse_preference_row(row, where, i, "on_policy") for i, (row, where) in enumerate(rows)]
+        tried = int(rows[0][0].get("prompts_sampled", len(fresh))) if rows else 0
+    else:
+        fresh, tried = on_policy_round(model, tokenizer, pairs, source, cfg, step, round_index)
+        atomic_write_jsonl(path, [{"id": p.id, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected,
+                                   "round": round_index, "sampled_at_step": global_step - offset,
+                                   "prompts_sampled": tried} for p in fresh])
+    current = encode_phase_data(phase, fresh, [], encoder, str(path))
+    _check_batch(cfg, len(current), phase, str(path))
+    return current, step - offset, {"on_policy/round": round_index, "on_policy/pairs": len(current),
+                                    "on_policy/prompts_sampled": tried}
 
 
 # --------------------------------------------------------------------------- processes
@@ -558,7 +625,8 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
     if cfg.on_policy:
         from lldyn.judge import load_preference_source
 
-        source = load_preference_source(cfg.preference_source, base_url=cfg.base_url)
+        source = load_preference_source(cfg.preference_source, base_url=cfg.base_url,
+                                        trust_remote_code=cfg.trust_remote_code)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     lm = load_start_model(cfg)
@@ -586,9 +654,14 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
 
         all_callbacks = list(callbacks)
         if cfg.squeeze_alarm and any(p.kind != "sft" for p in plan):
-            all_callbacks.append(_squeeze_alarm())
+            from lldyn.squeeze import squeeze_alarm
+
+            # measured from the start of the preference phase (after SFT in sft_dpo / extend)
+            first = next(i for i, p in enumerate(plan) if p.kind != "sft")
+            all_callbacks.append(squeeze_alarm(from_step=sum(
+                phase_length(p, len(d), cfg) for p, d in zip(plan[:first], phase_data[:first]))))
         tracker = Tracker(model, tokenizer, cfg.probes, run, every=cfg.eval_every, score_config=cfg.scoring(),
-                          callbacks=[c for c in all_callbacks if c is not None], initial_sample=cfg.initial_sample,
+                          callbacks=all_callbacks, initial_sample=cfg.initial_sample,
                           progress=False, rank=procs.rank, world_size=procs.world, gather=procs.gather)
 
     start_phase, start_step, global_step = 0, 0, 0
@@ -618,14 +691,15 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
         scheduler = make_scheduler(optimizer, cfg, total)
         step = 0
         if ckpt is not None and pi == start_phase:
-            if start_step >= total:  # the checkpoint closed this phase
+            if start_step >= total:  # the checkpoint closed this phase; a kill may have come before its last evaluation
+                last_summary = _track_phase_end(tracker, model, global_step) or last_summary
                 continue
             load_checkpoint(ckpt, model, optimizer, scheduler, restore_rng=True)
             step = start_step
         ref_values = None
         ref_model = None
         if phase.kind not in ("sft", "simpo"):
-            ref_model = _reference_model(cfg, model, lm, pi, plan)
+            ref_model = _reference_model(cfg, model, lm, pi, plan, resumed=step > 0)
             if not cfg.on_policy:  # rank 0 reads or computes (and writes) them; every rank gets the same values
                 ref_values = procs.from_main(
                     lambda: load_or_compute_reference(run, pi, ref_model, tokenizer, examples, cfg))
@@ -636,20 +710,20 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
 
         model.train()
         bar = _progress(total, step, f"{phase.name}", progress and procs.is_main)
-        train_pairs = list(pairs)
-        current = examples
+        current, round_start, round_info = examples, 0, {}
         while step < total:
             t0 = time.perf_counter()
             if cfg.on_policy and (step % cfg.on_policy_refresh == 0 or current is examples):
-                fresh = on_policy_pairs(model, tokenizer, train_pairs, source, cfg, global_step)
-                current = encode_phase_data(phase, fresh, [], encoder, cfg.data) if len(fresh) >= cfg.batch_size else current
+                current, round_start, round_info = on_policy_examples(run, model, tokenizer, pairs, source, cfg, phase,
+                                                                      encoder, step, global_step)
                 ref_values = reference_logps(ref_model, tokenizer, current, cfg)
                 model.train()
             optimizer.zero_grad(set_to_none=True)
             agg: dict[str, float] = {}
             terms: list[UpdateTerm] = []
             for k in range(cfg.grad_accum):
-                batch = procs.shard(micro_batch(current, cfg, pi, step * cfg.grad_accum + k))
+                index = (step - round_start) * cfg.grad_accum + k  # within the on-policy round (0 off-policy)
+                batch = procs.shard(micro_batch(current, cfg, pi, index))
                 if phase.kind == "sft":
                     out = sft_step(model, batch, pad_id, cfg, 1.0 / cfg.grad_accum)
                 else:
@@ -673,17 +747,17 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
                                  procs)
             decompose_now = decomposer is not None and (global_step + 1) % (cfg.decompose_every or 1) == 0
             if decompose_now:
-                decomposer.before_step(global_step + 1, model, terms)
+                decomposer.before_step(global_step + 1, model, terms, optimizer)
             lr_now = optimizer.param_groups[0]["lr"]
             optimizer.step()
+            # before the scheduler moves the learning rate on: the decomposer reads this step's lr
+            extra = decomposer.after_step(global_step + 1, model, optimizer) if decompose_now else None
             scheduler.step()
             step += 1
             global_step += 1
             row = {"step": global_step, "event": "train", "phase": phase.name, "phase_step": step, **agg,
-                   "lr": lr_now, "grad_norm": grad_norm, "seconds": time.perf_counter() - t0}
-            if decompose_now:
-                extra = decomposer.after_step(global_step, model, optimizer)
-                row.update(extra or {})
+                   "lr": lr_now, "grad_norm": grad_norm, "seconds": time.perf_counter() - t0, **round_info,
+                   **(extra or {})}
             if procs.is_main:
                 run.log_metrics(row)
             if bar is not None:
@@ -694,18 +768,27 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
                 last_summary = tracker.track(global_step)
                 model.train()
             if step == total or (cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0):
+                if not weights_finite(params):  # a step overflowed them with a finite loss: never saved
+                    _stop_non_finite(run, model, optimizer, scheduler, pi, step - 1, global_step - 1,
+                                     {"weights": math.nan}, cfg, procs)
                 procs.from_main(lambda: save_checkpoint(run.checkpoints, global_step, model, optimizer, scheduler,
                                                         {"phase": pi, "phase_step": step, "phase_name": phase.name},
                                                         keep=cfg.keep_checkpoints))
         if bar is not None:
             bar.close()
-        if tracker is not None and not any(h.step == global_step for h in tracker.history):
-            model.eval()
-            last_summary = tracker.track(global_step)
+        last_summary = _track_phase_end(tracker, model, global_step) or last_summary
         model.eval()
         del ref_model
     procs.wait()  # no rank leaves (and tears down the process group) while rank 0 still writes
     return TrainResult(run, model, tokenizer, global_step, last_summary or (tracker.history[-1] if tracker and tracker.history else None))
+
+
+def _track_phase_end(tracker: Any, model: Any, global_step: int) -> Any:
+    """Evaluate the probes at the end of a phase unless that step was evaluated already (None then)."""
+    if tracker is None or any(h.step == global_step for h in tracker.history):
+        return None
+    model.eval()
+    return tracker.track(global_step)
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -719,17 +802,17 @@ def is_checkpoint_dir(path: str | Path) -> bool:
     return path.is_dir() and path.parent.name == "checkpoints" and is_run_dir(path.parent.parent)
 
 
-def load_model_or_run(spec: str | Path):
+def load_model_or_run(spec: str | Path, trust_remote_code: bool = False):
     """A model spec (alias, .gguf, model directory, Hub id), an lldyn run directory (its latest checkpoint)
     or one checkpoint of a run (``RUN/checkpoints/step-XXXXXXXX``, e.g. the end of a run's SFT phase)
-    → LoadedModel."""
+    → LoadedModel. ``trust_remote_code``: the caller's flag (``--trust-remote-code``), for runs too."""
     if is_checkpoint_dir(spec):
-        return load_run_model(Path(spec).parent.parent, spec)
+        return load_run_model(Path(spec).parent.parent, spec, trust_remote_code=trust_remote_code)
     if is_run_dir(spec) or (Path(spec) / "metrics.jsonl").is_file():  # a run without checkpoints: a clear error
-        return load_run_model(spec)
+        return load_run_model(spec, trust_remote_code=trust_remote_code)
     from lldyn.models import ModelConfig, load_model
 
-    return load_model(ModelConfig(name=str(spec)))
+    return load_model(ModelConfig(name=str(spec), trust_remote_code=trust_remote_code))
 
 
 def load_start_model(cfg: TrainConfig):
@@ -739,7 +822,7 @@ def load_start_model(cfg: TrainConfig):
 
     if not is_run_dir(cfg.model):
         return load_model(_model_config(cfg))
-    lm = load_run_model(cfg.model)
+    lm = load_run_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = lm.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
@@ -749,21 +832,15 @@ def load_start_model(cfg: TrainConfig):
     return lm
 
 
-def _squeeze_alarm():
-    """The live squeeze alarm as a tracker callback, when the squeeze module provides it."""
-    try:
-        from lldyn.squeeze import SqueezeAlarm  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return SqueezeAlarm()
-
-
-def _reference_model(cfg: TrainConfig, model: Any, lm: Any, phase_index: int, plan: Sequence[Phase]) -> Any:
+def _reference_model(cfg: TrainConfig, model: Any, lm: Any, phase_index: int, plan: Sequence[Phase],
+                     resumed: bool = False) -> Any:
     """The DPO reference: ``--ref`` if given, else the model as it is at the start of this phase.
 
     Off-policy, the reference is only needed for the log-probs computed right now, so the policy
     itself serves (no copy). On-policy it must stay frozen: with LoRA, the policy with its adapter
-    disabled (:class:`AdapterDisabled`, no copy); otherwise a frozen deep copy.
+    disabled (:class:`AdapterDisabled`, no copy); otherwise a frozen deep copy — or, when the run
+    was ``resumed`` in the middle of the phase (the policy already moved), the starting model loaded
+    again (on-policy runs are single-phase, so the phase starts from the starting model).
     """
     from lldyn.models import load_model
 
@@ -771,18 +848,23 @@ def _reference_model(cfg: TrainConfig, model: Any, lm: Any, phase_index: int, pl
         from dataclasses import replace
 
         if is_run_dir(cfg.ref):  # an earlier run's final model, e.g. the SFT run of a two-run pipeline
-            ref = load_run_model(cfg.ref).model
+            ref = load_run_model(cfg.ref, trust_remote_code=cfg.trust_remote_code).model
             return ref.merge_and_unload() if hasattr(ref, "merge_and_unload") else ref
         return load_model(replace(_model_config(cfg, cfg.ref), lora_r=0)).model
     if not cfg.on_policy:
         return model
     if cfg.lora_r > 0 and hasattr(model, "disable_adapter"):
         return AdapterDisabled(model)
-    frozen = copy.deepcopy(model)
+    frozen = load_start_model(cfg).model if resumed else copy.deepcopy(model)
     frozen.eval()
     for p in frozen.parameters():
         p.requires_grad_(False)
     return frozen
+
+
+def weights_finite(params: Sequence[torch.nn.Parameter]) -> bool:
+    """Whether every parameter is finite (the same answer on every rank: the weights are in sync)."""
+    return all(bool(torch.isfinite(p).all()) for p in params)
 
 
 def _stop_non_finite(run: RunDir, model: Any, optimizer: Any, scheduler: Any, phase_index: int, phase_step: int,
@@ -793,19 +875,25 @@ def _stop_non_finite(run: RunDir, model: Any, optimizer: Any, scheduler: Any, ph
 
     optimizer.zero_grad(set_to_none=True)
 
-    def keep_last_good() -> Path:
+    def keep_last_good() -> Path | None:
         last = latest_checkpoint(run.checkpoints)
-        if last is None or int(last.name.split("-")[-1]) != global_step:
+        # The weights themselves may already be non-finite (an earlier step overflowed them without a
+        # non-finite loss): those are never saved; the last checkpoint stays the last good one.
+        finite = weights_finite([p for p in model.parameters() if p.requires_grad])
+        if finite and (last is None or int(last.name.split("-")[-1]) != global_step):
             last = save_checkpoint(run.checkpoints, global_step, model, optimizer, scheduler,
                                    {"phase": phase_index, "phase_step": phase_step, "stopped": "non-finite"},
                                    keep=cfg.keep_checkpoints + 1)
-        run.log_metrics({"step": global_step + 1, "event": "stopped", "reason": "non-finite loss or gradient",
+        run.log_metrics({"step": global_step + 1, "event": "stopped", "reason": "non-finite loss, gradient or weights",
+                         "weights_finite": finite,
                          **{k: (v if math.isfinite(v) else str(v)) for k, v in stats.items()}})
         return last
 
     last = procs.from_main(keep_last_good)
-    raise LldynError(f"non-finite loss or gradient at step {global_step + 1} ({', '.join(f'{k}={v}' for k, v in stats.items())}); "
-                     f"training stopped, last good weights kept in {last}", field="lr",
+    kept = f"last good weights kept in {last}" if last is not None else \
+        "the weights are already non-finite and no earlier checkpoint exists, so none was kept"
+    raise LldynError(f"non-finite loss, gradient or weights at step {global_step + 1} ({', '.join(f'{k}={v}' for k, v in stats.items())}); "
+                     f"training stopped, {kept}", field="lr",
                      expected="a smaller learning rate, gradient clipping, or clean data")
 
 
@@ -817,13 +905,18 @@ def _progress(total: int, done: int, desc: str, enabled: bool):
     return tqdm(total=total, initial=done, desc=desc, unit="step", dynamic_ncols=True)
 
 
-def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None):
-    """The model of a run: its base model (from ``config.json``) with the latest (or given) checkpoint loaded."""
+def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None, trust_remote_code: bool = False):
+    """The model of a run: its base model (from ``config.json``) with the latest (or given) checkpoint loaded.
+
+    ``trust_remote_code`` is the caller's flag, never the run's: a run directory may come from anyone, and
+    its ``config.json`` saying ``trust_remote_code = true`` must not run a model's code unasked.
+    """
     from lldyn.checkpoint import latest_checkpoint, load_checkpoint
     from lldyn.config import build_config
 
     run = RunDir(run_dir)
     values = {k: v for k, v in run.config().items() if k not in ("kind", "lldyn_version")}
+    values["trust_remote_code"] = trust_remote_code
     cfg = build_config(TrainConfig, values, file=str(run.path / "config.json"))
     lm = load_start_model(cfg)
     ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run.checkpoints)

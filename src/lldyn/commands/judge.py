@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from lldyn.commands import add_trust_remote_code
+
 JUDGEMENTS = "judgements.jsonl"
 SUMMARY = "summary.json"
 
@@ -29,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (generation is greedy)")
     p.add_argument("--out", required=True, help="output directory for judgements.jsonl and summary.json")
     p.add_argument("--force", action="store_true", help="overwrite results already in --out")
+    add_trust_remote_code(p)
     p.set_defaults(run=run)
 
 
@@ -64,13 +67,14 @@ def run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     prompts = load_prompts(args.prompts, args.split, args.limit)
-    source = load_preference_source(args.judge, args.base_url, args.api_key_env, max_tokens=args.judge_max_tokens)
+    source = load_preference_source(args.judge, args.base_url, args.api_key_env, max_tokens=args.judge_max_tokens,
+                                    trust_remote_code=args.trust_remote_code)
     if hasattr(source, "ping"):
         source.ping()  # an unreachable endpoint fails before any generation
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
     responses = {}
     for side, spec in (("a", args.a), ("b", args.b)):
-        lm = load_model_or_run(spec)
+        lm = load_model_or_run(spec, args.trust_remote_code)
         print(f"generating {len(prompts)} responses with {side.upper()} = {spec}", flush=True)
         responses[side] = generate(lm.model, lm.tokenizer, [p.prompt for p in prompts], gen, progress=True)
         del lm

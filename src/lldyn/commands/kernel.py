@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from lldyn.commands import add_trust_remote_code
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("kernel", help="heatmap of the last-layer eNTK between two probe responses (token level)",
@@ -24,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output PNG (a .json with the numbers is written next to it)")
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--max-prompt-tokens", type=int, default=None)
+    add_trust_remote_code(p)
     p.set_defaults(run=run)
 
 
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                              expected="PROMPT_ID/FAMILY of a probe in the file, e.g. " + probes.probes[0].id)
         picked.append(probe)
     config = ScoreConfig(max_length=args.max_length, max_prompt_tokens=args.max_prompt_tokens)
-    lm = load_model_or_run(args.model)
+    lm = load_model_or_run(args.model, args.trust_remote_code)
     (p_o, p_u) = picked
     kernel = last_layer_kernel(lm.model, lm.tokenizer, (p_o.prompt, p_o.response), (p_u.prompt, p_u.response), config)
     plot_token_kernel(kernel, out, title=f"last-layer eNTK ⟨h_t, h_s⟩: {p_o.id} (rows) vs {p_u.id} (columns)")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from lldyn.commands import add_trust_remote_code
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="score responses of a data file with the log-prob engine",
@@ -19,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
     p.add_argument("--skip-invalid", action="store_true", help="skip rows with empty/missing fields (counted)")
     p.add_argument("--per-token", action="store_true", help="also write per-token log-probs")
-    p.add_argument("--trust-remote-code", action="store_true")
+    add_trust_remote_code(p)
     p.set_defaults(run=run)
 
 
@@ -30,9 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from lldyn.data import load_preferences, load_sft
     from lldyn.errors import LldynError
     from lldyn.io import atomic_write_jsonl
-    from lldyn.models import ModelConfig, load_model
     from lldyn.scoring import ScoreConfig, ScoreRequest, score
-    from lldyn.train import is_checkpoint_dir, is_run_dir, load_model_or_run
+    from lldyn.train import load_model_or_run
 
     out = Path(args.out)
     if out.is_dir():
@@ -40,10 +41,7 @@ def run(args: argparse.Namespace) -> int:
     config = build_config(ScoreConfig, {"template": not args.raw, "max_length": args.max_length,
                                         "max_prompt_tokens": args.max_prompt_tokens})
     requests, keys = _requests(args, load_preferences, load_sft)
-    if is_run_dir(args.model) or is_checkpoint_dir(args.model):
-        lm = load_model_or_run(args.model)  # a run's final model, or one of its checkpoints
-    else:
-        lm = load_model(build_config(ModelConfig, {"name": args.model, "trust_remote_code": args.trust_remote_code}))
+    lm = load_model_or_run(args.model, args.trust_remote_code)  # a model, a run's final model or one checkpoint
     results = score(lm.model, lm.tokenizer, [ScoreRequest(*r) for r in requests], config,
                     per_token=args.per_token, progress=True)
     rows = []

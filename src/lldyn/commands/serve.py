@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from lldyn.commands import add_trust_remote_code
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a local model as an OpenAI-compatible chat endpoint",
@@ -17,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="require clients to send the key held in this environment variable as a Bearer token")
     p.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens a request may ask for")
     p.add_argument("--quiet", action="store_true", help="do not log requests")
+    add_trust_remote_code(p)
     p.set_defaults(run=run)
 
 
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         if not api_key:
             raise LldynError(f"environment variable {args.api_key_env} is empty or not set", field="api-key-env",
                              expected="the variable holding the key clients must send")
-    lm = load_model_or_run(args.model)
+    lm = load_model_or_run(args.model, args.trust_remote_code)
     server = make_server(lm, args.host, args.port, model_id=args.name or args.model, api_key=api_key,
                          max_tokens_limit=args.max_tokens_limit, quiet=args.quiet)
     auth = "Bearer key required" if api_key else "no key required"

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 
+from lldyn.commands import add_trust_remote_code
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("squeeze-risk", help="rank preference pairs by squeeze risk before DPO training",
                        description="Per-pair squeeze risk at step 0 (how unlikely y− is per token, how peaked the "
                                    "model is along y−, the size of DPO's negative residual) and the CHES baseline; "
                                    "writes JSONL rows sorted riskiest first with every component and both ranks.")
-    p.add_argument("--model", default="smollm2-135m-instruct", help="alias, .gguf file, directory or Hub id")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="alias, .gguf file, directory, Hub id, an lldyn run directory or one of its checkpoints "
+                        "(e.g. the SFT model a DPO run will start from)")
     p.add_argument("--data", required=True, help="preference data (.jsonl/.json/.parquet, builtin, hf:NAME)")
     p.add_argument("--split", default="train", help="split for Hugging Face data sets")
     p.add_argument("--out", required=True, help="output JSONL file (written atomically)")
@@ -25,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=None)
     p.add_argument("--skip-invalid", action="store_true", help="skip rows with empty/missing fields (counted)")
     p.add_argument("--no-ches", action="store_true", help="skip the CHES baseline (saves one forward pass per pair)")
-    p.add_argument("--trust-remote-code", action="store_true")
+    add_trust_remote_code(p)
     p.set_defaults(run=run)
 
 
@@ -36,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from lldyn.data import load_preferences
     from lldyn.errors import LldynError
     from lldyn.io import atomic_write_jsonl
-    from lldyn.models import ModelConfig, load_model
     from lldyn.scoring import ScoreConfig
     from lldyn.squeeze_risk import SqueezeRiskConfig, rank_pairs, squeeze_risk
+    from lldyn.train import load_model_or_run
 
     out = Path(args.out)
     if out.is_dir():
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                                               "max_prompt_tokens": args.max_prompt_tokens})
     config = SqueezeRiskConfig(beta=args.beta, score=score_config, ches=not args.no_ches)
     pairs = load_preferences(args.data, args.split, args.limit, skip_invalid=args.skip_invalid)
-    lm = load_model(build_config(ModelConfig, {"name": args.model, "trust_remote_code": args.trust_remote_code}))
+    lm = load_model_or_run(args.model, args.trust_remote_code)
     ranked = rank_pairs(squeeze_risk(lm.model, lm.tokenizer, pairs, config, progress=True))
     atomic_write_jsonl(out, [r.to_json() for r in ranked])
     n_cut = sum(r.truncated for r in ranked)

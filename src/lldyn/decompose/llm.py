@@ -73,6 +73,7 @@ __all__ = [
     "jvp_logps",
     "last_layer_kernel",
     "naive_first_order_prediction",
+    "optimizer_state_names",
     "optimizer_term_scale",
     "response_hidden_states",
     "term_gradients",
@@ -379,11 +380,20 @@ def _inner_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return inner
 
 
-def optimizer_term_scale(optimizer: Any, model: nn.Module) -> Params:
+def optimizer_state_names(optimizer: Any, model: nn.Module) -> frozenset[str]:
+    """Names of the trainable parameters that already have optimizer state (read before a step)."""
+    opt = _inner_optimizer(optimizer)
+    return frozenset(n for n, p in model.named_parameters() if p.requires_grad and opt.state.get(p))
+
+
+def optimizer_term_scale(optimizer: Any, model: nn.Module, had_state: frozenset[str] | None = None) -> Params:
     """name → c (a tensor shaped like the parameter, or a scalar) such that a gradient g taken by this step
     moves θ by −c·g (elementwise; c < 0 under ``maximize``).
 
-    Read **after** ``optimizer.step()`` (module docstring for the formulas and the approximation).
+    Read **after** ``optimizer.step()`` and before the scheduler moves the learning rate on (module
+    docstring for the formulas and the approximation). ``had_state``: :func:`optimizer_state_names` read
+    before the step; SGD's first step with momentum copies the gradient into a new buffer, undampened,
+    so for parameters not in it the current gradient's share is 1 (None: every buffer existed).
     Parameters the optimizer does not hold, or that got no gradient, are left out (they do not move).
     """
     opt = _inner_optimizer(optimizer)
@@ -415,7 +425,8 @@ def optimizer_term_scale(optimizer: Any, model: nn.Module) -> Params:
             elif isinstance(opt, torch.optim.SGD):
                 share = 1.0
                 if group.get("momentum", 0):
-                    share = 1.0 - group.get("dampening", 0)
+                    fresh = had_state is not None and names[id(p)] not in had_state
+                    share = 1.0 if fresh else 1.0 - group.get("dampening", 0)
                     if group.get("nesterov"):
                         share = 1.0 + group["momentum"] * share
                 c = torch.tensor(lr * share, dtype=p.dtype, device=p.device)
@@ -457,6 +468,7 @@ class _Pending(NamedTuple):
     grad_scale: float
     grad_cosine: float
     started: float
+    had_state: frozenset[str] | None
 
 
 class StepDecomposer:
@@ -487,7 +499,7 @@ class StepDecomposer:
     def wants(self, step: int) -> bool:
         return step % self.config.every == 0
 
-    def before_step(self, step: int, model: nn.Module, terms: Sequence[UpdateTerm]) -> None:
+    def before_step(self, step: int, model: nn.Module, terms: Sequence[UpdateTerm], optimizer: Any = None) -> None:
         self._pending = None
         if not self.wants(step):
             return
@@ -509,13 +521,14 @@ class StepDecomposer:
                 grad_sq += float((p.grad.double() ** 2).sum())
         scale = dot / total_sq if have_grad and total_sq > 0 else 1.0
         cosine = dot / math.sqrt(total_sq * grad_sq) if have_grad and total_sq > 0 and grad_sq > 0 else float("nan")
-        self._pending = _Pending(step, theta, tuple(terms), grads, scale, cosine, started)
+        had_state = None if optimizer is None else optimizer_state_names(optimizer, model)
+        self._pending = _Pending(step, theta, tuple(terms), grads, scale, cosine, started, had_state)
 
     def after_step(self, step: int, model: nn.Module, optimizer: Any) -> dict[str, float]:
         pending, self._pending = self._pending, None
         if pending is None or pending.step != step:
             return {}
-        scale = optimizer_term_scale(optimizer, model)
+        scale = optimizer_term_scale(optimizer, model, pending.had_state)
         updates = [{n: -pending.grad_scale * scale[n] * g[n] for n in g if n in scale} for g in pending.grads]
         result = attribute_step(model, self.encoded, self.tokenizer.pad_token_id, pending.theta, pending.terms,
                                 updates, self.config.score)
