@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -20,6 +21,7 @@ from lldyn.decompose import (
     response_hidden_states,
     trainable_parameters,
 )
+from lldyn.cli import main
 from lldyn.decompose.plots import plot_decomposition, plot_token_kernel
 from lldyn.errors import LldynError
 from lldyn.io import read_jsonl
@@ -213,6 +215,81 @@ def test_adaptive_optimizer_first_step_is_explained_by_the_preconditioned_terms(
     assert scale > 1e-4
     assert float(res.other.abs().max()) <= 1e-4 * scale
     assert summary["decompose/pearson"] >= 0.99
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.Adam, torch.optim.RMSprop])
+def test_adaptive_optimizer_later_step_leaves_only_the_carried_momentum_in_other(optimizer):
+    """Step 3 of Adam / RMSprop: the preconditioner read after the step (bias corrections at t = 3) scales
+    the terms; with RMSprop (no momentum) nothing else moves θ, with Adam the rest is the momentum carried
+    from the earlier steps: exactly −lr·β₁·m_prev/(1−β₁ᵗ)/denom, checked against the real Δθ."""
+    lm = tiny()
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    opt = optimizer(params, lr=1e-4)
+    for _ in range(2):  # two earlier steps on the same batch
+        opt.zero_grad()
+        dpo_terms(lm.model, lm.tokenizer)
+        opt.step()
+    opt.zero_grad()
+    dec = StepDecomposer(lm.tokenizer, PROBES)
+    dec.before_step(3, lm.model, dpo_terms(lm.model, lm.tokenizer), opt)
+    prev = {id(p): opt.state[p]["exp_avg"].clone() for p in params} if optimizer is torch.optim.Adam else None
+    before = {n: p.detach().clone() for n, p in trainable_parameters(lm.model).items()}
+    opt.step()
+    dec.after_step(3, lm.model, opt)
+    res = dec.last
+    scale = float(res.predicted.abs().max())
+    if prev is None:
+        assert float(res.other.abs().max()) <= 1e-4 * scale
+    else:
+        assert float(res.other.abs().max()) > 1e-2 * scale  # the carried momentum moves the probes too
+        # and it is what other holds: predict the probes' change along the carried-momentum direction alone
+        beta1, beta2 = opt.param_groups[0]["betas"]
+        eps = opt.param_groups[0]["eps"]
+        names = {id(p): n for n, p in lm.model.named_parameters()}
+        carried = {}
+        for p in params:
+            st = opt.state[p]
+            t = float(st["step"])
+            denom = (st["exp_avg_sq"] / (1 - beta2 ** t)).sqrt() + eps
+            carried[names[id(p)]] = -1e-4 * beta1 * prev[id(p)] / (1 - beta1 ** t) / denom
+        from lldyn.decompose.llm import jvp_logps
+
+        got = jvp_logps(lm.model, dec.encoded, lm.tokenizer.pad_token_id, [carried], before).predicted[0]
+        assert float((got - res.other).abs().max()) <= 1e-3 * float(res.other.abs().max())
+
+
+def test_scheduled_learning_rate_is_this_steps(tmp_path):
+    """With a warm-up schedule the terms are scaled by the lr the step used, not the next one: SGD's terms
+    still explain the whole step (the training loop calls after_step before scheduler.step)."""
+    probes = tmp_path / "probes.jsonl"
+    main(["probes", "build", "--data", "builtin", "--out", str(probes), "--limit", "2"])
+    from lldyn.train import TrainConfig, train
+
+    cfg = TrainConfig(model="tiny-random-llama", data="builtin:train", limit=8, batch_size=2, max_length=96,
+                      max_prompt_tokens=48, method="dpo", steps=3, lr=1e-3, optimizer="sgd", warmup_steps=4,
+                      scheduler="linear", probes=str(probes), decompose_every=1, eval_every=0, max_grad_norm=0.0,
+                      initial_sample=False, out=str(tmp_path / "run"))
+    result = train(cfg, progress=False)
+    rows = [json.loads(x) for x in (result.run.path / DECOMPOSE_FILE).read_text().splitlines()]
+    lrs = [r["lr"] for r in read_jsonl(result.run.path / "metrics.jsonl") if r.get("event") == "train"]
+    assert lrs == pytest.approx([1e-3 * k / 4 for k in (0, 1, 2)])  # linear warm-up: every step's lr differs
+    for step in (2, 3):
+        step_rows = [r for r in rows if r["step"] == step]
+        biggest = max(abs(r["predicted"]) for r in step_rows)
+        assert biggest > 0
+        assert max(abs(r["parts"]["other"]) for r in step_rows) <= 1e-3 * biggest
+
+
+def test_sgd_dampening_first_step_is_undampened():
+    """torch's SGD copies the first gradient into a new momentum buffer without dampening: the terms
+    explain the whole first step; at the second step the dampened share applies."""
+    lm = tiny()
+    opt = torch.optim.SGD(lm.model.parameters(), lr=1e-2, momentum=0.9, dampening=0.5)
+    dec = StepDecomposer(lm.tokenizer, PROBES)
+    dec.before_step(1, lm.model, dpo_terms(lm.model, lm.tokenizer), opt)
+    opt.step()
+    dec.after_step(1, lm.model, opt)
+    assert float(dec.last.other.abs().max()) <= 1e-4 * float(dec.last.predicted.abs().max())
 
 
 def test_adamw_weight_decay_lands_in_other():

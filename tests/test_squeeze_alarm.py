@@ -161,3 +161,46 @@ def test_alarm_in_a_real_tracker_stays_silent_during_sft(tiny_fresh, tmp_path):
     assert [r["squeeze/alarm"] for r in rows] == [False] * 5
     assert rows[-1]["signal/logp_chosen"] > rows[0]["signal/logp_chosen"] + 1.0  # SFT lifted y+
     assert squeeze_intervals(rows) == []
+
+
+def test_in_an_sft_then_dpo_run_the_squeeze_is_measured_from_the_start_of_dpo():
+    """SFT lifts y+ by 10 nats first; the DPO phase that follows squeezes. Measured from step 0, DPO would
+    have to undo SFT's rise before the alarm could fire; measured from the end of SFT it fires."""
+    sft = [signals(-50.0 + 5 * i, -70.0 + 3 * i, -12.0 + i, 0.45 + 0.02 * i, 0.35 + 0.02 * i) for i in range(3)]
+    dpo = [signals(-40.0 - 2 * i, -64.0 - 5 * i, -10.0 + i, 0.49 + 0.02 * i, 0.39 + 0.02 * i) for i in range(1, 4)]
+    evals, steps = sft + dpo, [0, 10, 20, 30, 40, 50]
+    assert not any(o["squeeze/alarm"] for o in run_alarm(evals, steps)[0])  # from step 0: y+ still above it
+    history, outs = [], []
+    alarm = squeeze_alarm(from_step=20)
+    for step, sig in zip(steps, evals):
+        summary = TrackSummary(step, {}, {}, sig)
+        outs.append(alarm(summary, history + [summary]))
+        history.append(TrackSummary(step, {}, {}, sig, outs[-1]))
+    assert [o["squeeze/alarm"] for o in outs] == [False, False, False, True, True, True]
+    assert outs[3]["squeeze/since_step"] == 20
+    # The report finds the phase start in the training rows (phase names) when it recomputes the alarm.
+    rows = ([{"step": s, "event": "train", "phase": "sft"} for s in range(1, 21)]
+            + [{"step": s, "event": "train", "phase": "dpo"} for s in range(21, 51)]
+            + [{"step": st, "event": "probes", **{f"signal/{k}": v for k, v in sig.items()}}
+               for st, sig in zip(steps, evals)])
+    assert squeeze_intervals(rows) == [(20, 50)]
+
+
+def test_lldyn_train_attaches_the_alarm_to_preference_runs_only(tmp_path):
+    from lldyn.cli import main
+    from lldyn.rundir import RunDir
+    from lldyn.train import TrainConfig, train
+
+    probes = tmp_path / "probes.jsonl"
+    assert main(["probes", "build", "--data", "builtin", "--out", str(probes), "--limit", "2"]) == 0
+    base = dict(model="tiny-random-llama", data="builtin:train", limit=8, batch_size=2, max_length=96,
+                max_prompt_tokens=48, lr=1e-3, probes=str(probes), eval_every=1, initial_sample=False)
+    for method, has_alarm in (("sft", False), ("dpo", True), ("sft_dpo", True)):
+        cfg = TrainConfig(method=method, steps=2, sft_steps=2, out=str(tmp_path / method), **base)
+        train(cfg, progress=False)
+        probe_rows = [r for r in RunDir(cfg.out).metrics() if r["event"] == "probes"]
+        assert all(("squeeze/alarm" in r) == has_alarm for r in probe_rows), method
+        if method == "sft_dpo":  # silent (no evaluation to compare with) until the DPO phase starts at step 2
+            assert [r["squeeze/since_step"] is None and r["squeeze/alarm"] is False
+                    for r in probe_rows if r["step"] <= 2] == [True, True, True]
+            assert "squeeze/d_logp_chosen" not in [r for r in probe_rows if r["step"] == 2][0]

@@ -127,6 +127,10 @@ def test_metrics_go_through_the_trainers_logging(dpo_run):
     assert [s for s, logs in rec.logs if "loss" in logs] == [1, 2]  # the trainer's own logs are not dropped
     config = json.loads((tmp / "run" / "config.json").read_text())
     assert config["method"] == "dpo" and config["label"] == "dpo lr=0.05"
+    # A preference trainer gets the live squeeze alarm: in metrics.jsonl and, as 0/1, in every on_log.
+    assert all(isinstance(m["squeeze/alarm"], bool) for m in metrics)
+    for (step, logs), row in zip(ours, metrics):
+        assert logs["lldyn/squeeze/alarm"] == float(row["squeeze/alarm"])
 
 
 def test_tracking_does_not_change_training(dpo_run, tmp_path):
@@ -150,6 +154,7 @@ def test_sft_trainer_and_logging_only(probes, tmp_path):
     trainer = SFTTrainer(model=lm.model, args=args, train_dataset=data, processing_class=lm.tokenizer, callbacks=[cb])
     trainer.train()
     assert [m["step"] for m in cb.metrics()] == [0, 2]
+    assert not any("squeeze/alarm" in m for m in cb.metrics())  # no squeeze alarm on SFT
     assert not any(tmp_path.glob("**/probe_table.jsonl"))
     rows = {(r["prompt_id"], r["family"]): r["logp"] for r in cb.tracker.last_rows}
     expect = score_rows(trainer.model, lm.tokenizer, probes)  # the weights after the last step

@@ -30,6 +30,7 @@ from transformers.trainer_callback import CallbackHandler
 from lldyn.probes import ProbeSet
 from lldyn.rundir import RunDir
 from lldyn.scoring import ScoreConfig
+from lldyn.squeeze import SqueezeAlarm
 from lldyn.tracking import Tracker, TrackerCallback, TrackSummary
 
 log = logging.getLogger("lldyn")
@@ -56,7 +57,9 @@ class LearningDynamicsCallback(TrainerCallback):
         every: evaluation period in optimizer steps (plus step 0).
         out: run directory to write (config, probe table, metrics), or None for logging only.
         score_config: the engine's tokenisation (chat template on by default, as TRL applies it).
-        callbacks: tracker callbacks ``fn(summary, history) -> dict | None`` (e.g. the squeeze alarm).
+        callbacks: tracker callbacks ``fn(summary, history) -> dict | None``.
+        squeeze_alarm: add the live squeeze alarm (:class:`lldyn.squeeze.SqueezeAlarm`); None (default) = on
+            for preference trainers (their config has ``beta``: DPO, CPO, ORPO, KTO ...), off for SFT.
         initial_sample: generate the ``initial_sample`` family at the start.
         label: name of the run in reports (default: trainer kind and learning rate).
         tokenizer: the tokenizer to score with, for a ``Trainer`` built without ``processing_class``
@@ -66,13 +69,14 @@ class LearningDynamicsCallback(TrainerCallback):
     def __init__(self, probes: ProbeSet | str | Path, every: int = 20, out: str | Path | None = None,
                  score_config: ScoreConfig = ScoreConfig(), callbacks: Sequence[TrackerCallback] = (),
                  initial_sample: bool = True, generation_config: Any = None, label: str | None = None,
-                 tokenizer: Any = None) -> None:
+                 tokenizer: Any = None, squeeze_alarm: bool | None = None) -> None:
         self.probes = ProbeSet.coerce(probes)
         self.tokenizer = tokenizer
         self.every = every
         self.out = None if out is None else Path(out)
         self.score_config = score_config
         self.callbacks = list(callbacks)
+        self.squeeze_alarm = squeeze_alarm
         self.initial_sample = initial_sample
         self.generation_config = generation_config
         self.label = label
@@ -130,6 +134,7 @@ class LearningDynamicsCallback(TrainerCallback):
                           "label": self.label or f"{_method_of(args)} lr={lr:g}",
                           "model": str(getattr(getattr(model, "config", None), "_name_or_path", "") or ""),
                           "learning_rate": lr, "seed": int(args.seed), "every": self.every,
+                          "initial_sample": self.initial_sample,
                           "probes_sha256": self.probes.without_families(["initial_sample"]).fingerprint(),
                           "score": {k: getattr(self.score_config, k) for k in ("template", "system_prompt", "max_length",
                                                                                "max_prompt_tokens")}}
@@ -139,8 +144,12 @@ class LearningDynamicsCallback(TrainerCallback):
                     run.truncate_after(state.global_step)
             dist.wait_for_everyone()
             run = RunDir(self.out)
+        callbacks = list(self.callbacks)
+        alarm = hasattr(args, "beta") if self.squeeze_alarm is None else self.squeeze_alarm
+        if alarm and not any(isinstance(c, SqueezeAlarm) for c in callbacks):
+            callbacks.append(SqueezeAlarm())
         return Tracker(model, tokenizer, self.probes, run=run, every=self.every, score_config=self.score_config,
-                       callbacks=self.callbacks, initial_sample=self.initial_sample,
+                       callbacks=callbacks, initial_sample=self.initial_sample,
                        generation_config=self.generation_config, rank=dist.process_index,
                        world_size=dist.num_processes,
                        gather=_gather_across_processes if dist.num_processes > 1 else None)
@@ -153,9 +162,8 @@ class LearningDynamicsCallback(TrainerCallback):
 
     def _emit(self, args, state, control, summary: TrackSummary) -> None:
         """Log like ``Trainer.log``: append to ``state.log_history`` and call every callback's ``on_log``."""
-        logs = {PREFIX + k: float(v) for k, v in summary.metrics_row().items()
-                if k not in ("step", "event") and isinstance(v, (int, float)) and not isinstance(v, bool)
-                and math.isfinite(float(v))}
+        logs = {PREFIX + k: float(v) for k, v in summary.metrics_row().items()  # booleans (the alarm) as 0/1
+                if k not in ("step", "event") and isinstance(v, (int, float)) and math.isfinite(float(v))}
         state.log_history.append({**logs, "step": state.global_step})
         if self._handler is not None:
             # call_event, not handler.on_log: the latter clears control.should_log, which would drop
