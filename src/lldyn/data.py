@@ -405,7 +405,10 @@ def load_preferences(source: str, split: str = "train", limit: int | None = None
         try:
             ex = parse_preference_row(row, where, i, stem)
         except LldynError as err:
-            if not skip_invalid:
+            # A first row without 'chosen' says the file is not preference data (SFT rows, say): that is
+            # the format, not a bad row, and callers that also read SFT data look for exactly this error.
+            not_pairs = not out and err.field == "chosen" and err.message == "missing field"
+            if not skip_invalid or not_pairs:
                 raise
             skipped.append(err)
             continue

@@ -256,9 +256,14 @@ def load_model(config: ModelConfig) -> LoadedModel:
                                       use_safetensors=True)
         if config.attn_implementation:
             kwargs["attn_implementation"] = config.attn_implementation
+        from safetensors import SafetensorError
+
         try:
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
+        except SafetensorError as err:  # a truncated or corrupt weights file
+            raise LldynError(f"cannot read the model's weights: {str(err).splitlines()[0]}", file=config.name,
+                             expected="complete *.safetensors files (re-download or re-save the model)") from None
         except (OSError, ValueError, EnvironmentError) as err:
             if not config.trust_remote_code and "trust_remote_code" in str(err):
                 raise LldynError("the model needs its own Python code (auto_map in its config), which lldyn runs "

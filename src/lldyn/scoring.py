@@ -95,8 +95,12 @@ def render_raw_prompt(prompt: Prompt) -> str:
     return "".join(f"\n\n{names.get(m['role'], m['role'].title())}: {m['content']}" for m in prompt) + "\n\nAssistant:"
 
 
-def encode_prompt(tokenizer: Any, prompt: Prompt, config: ScoreConfig) -> list[int]:
-    """Prompt → token ids, through the chat template (``config.template``) or verbatim."""
+def encode_prompt(tokenizer: Any, prompt: Prompt, config: ScoreConfig, where: Where | None = None) -> list[int]:
+    """Prompt → token ids, through the chat template (``config.template``) or verbatim.
+
+    A conversation the model's template refuses (two user turns in a row, a system turn it does not
+    allow, ...) is one clear error naming the row, not a traceback from inside the template engine.
+    """
     if not config.template:
         return list(tokenizer(render_raw_prompt(prompt), add_special_tokens=True)["input_ids"])
     if not getattr(tokenizer, "chat_template", None):
@@ -105,7 +109,15 @@ def encode_prompt(tokenizer: Any, prompt: Prompt, config: ScoreConfig) -> list[i
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if config.system_prompt is not None and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": config.system_prompt}] + messages
-    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    from jinja2 import TemplateError
+
+    try:
+        out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    except TemplateError as err:
+        raise (where or Where()).error(f"the model's chat template refused this conversation: {err}", field="prompt",
+                                       expected="a conversation the template accepts (e.g. alternating user/"
+                                                "assistant turns), or --raw to score text without the template"
+                                       ) from None
     if isinstance(out, dict) or hasattr(out, "keys"):
         out = out["input_ids"]
     return list(out)
@@ -140,14 +152,15 @@ class Encoder:
         self.config = config
         self._prompts: dict[str, list[int]] = {}
 
-    def prompt(self, prompt: Prompt) -> list[int]:
+    def prompt(self, prompt: Prompt, where: Where | None = None) -> list[int]:
         key = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
         if key not in self._prompts:
-            self._prompts[key] = encode_prompt(self.tokenizer, prompt, self.config)
+            self._prompts[key] = encode_prompt(self.tokenizer, prompt, self.config, where)
         return self._prompts[key]
 
     def pair(self, prompt: Prompt, response: str, where: Where | None = None) -> EncodedPair:
-        return truncate_pair(self.prompt(prompt), encode_response(self.tokenizer, response), self.config, where)
+        return truncate_pair(self.prompt(prompt, where), encode_response(self.tokenizer, response), self.config,
+                             where)
 
 
 # --------------------------------------------------------------------------- the chunked head
