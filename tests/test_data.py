@@ -87,6 +87,18 @@ def test_sft_formats_and_extend(tmp_path):
     ('{"prompt": "  ", "chosen": "c", "rejected": "r"}', "prompt", "empty"),
     ('{"chosen": "plain text", "rejected": "other"}', "prompt", "no prompt"),
     ('[1, 2]', None, "JSON list"),
+    # a message list beside a 'prompt' is one assistant message, not a conversation whose turns would be lost
+    ('{"prompt": "p", "chosen": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}], '
+     '"rejected": [{"role": "assistant", "content": "b"}]}', "chosen", "2 messages beside a 'prompt'"),
+    ('{"prompt": [{"role": "user", "content": " "}], "chosen": "c", "rejected": "r"}', "prompt[0].content",
+     "empty user message"),
+    # HH-RLHF dialogues: text before the first Human turn, a dialogue that starts with the Assistant, empty turns
+    ('{"chosen": "Preamble\\n\\nHuman: Hi\\n\\nAssistant: A", "rejected": "Preamble\\n\\nHuman: Hi\\n\\nAssistant: B"}',
+     "chosen", "does not start with a '\\n\\nHuman:' turn"),
+    ('{"chosen": "\\n\\nAssistant: Hi\\n\\nHuman: Q\\n\\nAssistant: A", '
+     '"rejected": "\\n\\nAssistant: Hi\\n\\nHuman: Q\\n\\nAssistant: B"}', "chosen", "does not start with"),
+    ('{"chosen": "\\n\\nHuman:  \\n\\nAssistant: A", "rejected": "\\n\\nHuman:  \\n\\nAssistant: B"}',
+     "chosen", "empty Human turn (exchange 1)"),
 ])
 def test_bad_rows_name_file_line_field(tmp_path, line, field, expect):
     f = write_jsonl(tmp_path / "bad.jsonl", ['{"prompt": "ok", "chosen": "a", "rejected": "b"}', line])

@@ -37,6 +37,31 @@ def test_bad_model_specs(tmp_path):
         ModelConfig(dtype="float8")
 
 
+def test_hub_id_without_owner_loads_from_the_cache_offline(tmp_path):
+    """``gpt2``-style ids (no owner) load from the local Hugging Face cache offline; an unknown word is
+    still an unknown alias."""
+    import os
+    import subprocess
+    import sys
+
+    snapshot = tmp_path / "cache" / "models--tinyllm" / "snapshots" / "0123abcd"
+    build_tiny_model(0).save_pretrained(snapshot)
+    build_tiny_tokenizer().save_pretrained(snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0123abcd")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    code = ("from lldyn.models import ModelConfig, load_model\n"
+            "lm = load_model(ModelConfig(name='tinyllm'))\n"
+            "print(type(lm.model).__name__, lm.source)\n"
+            "try:\n    load_model(ModelConfig(name='tinyllm2'))\n"
+            "except Exception as err:\n    print(type(err).__name__, err)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.strip().splitlines()
+    assert first == "LlamaForCausalLM tinyllm"
+    assert second.startswith("LldynError") and "unknown model 'tinyllm2'" in second
+
+
 def test_trust_remote_code_is_off_by_default():
     assert ModelConfig().trust_remote_code is False
 

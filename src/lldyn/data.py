@@ -221,6 +221,8 @@ def _messages(value: Any, key: str, where: Where) -> list[Message]:
         if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) or not isinstance(msg.get("content"), str):
             raise where.error("bad chat message", field=f"{key}[{i}]",
                               expected='{"role": "user|assistant|system", "content": "..."}')
+        if msg["role"] != "system" and not msg["content"].strip():
+            raise where.error(f"empty {msg['role']} message", field=f"{key}[{i}].content", expected="non-empty text")
         out.append({"role": msg["role"], "content": msg["content"]})
     return out
 
@@ -235,12 +237,17 @@ def _prompt(value: Any, where: Where, key: str = "prompt") -> Prompt:
     raise where.error(f"got {type(value).__name__}", field=key, expected="a string or a list of chat messages")
 
 
-def _response(value: Any, key: str, where: Where) -> str:
-    """A response is text, or a list of messages whose last one is the assistant's reply."""
+def _response(value: Any, key: str, where: Where, conversation: bool = False) -> str:
+    """A response is text, or chat messages: one assistant message (beside a 'prompt': TRL's explicit
+    format, where earlier turns belong in the prompt), or with ``conversation`` a whole conversation
+    whose last message is the assistant's reply."""
     if isinstance(value, list):
         msgs = _messages(value, key, where)
         if msgs[-1]["role"] != "assistant":
             raise where.error("last message is not the assistant's", field=key, expected="an assistant reply")
+        if not conversation and len(msgs) != 1:
+            raise where.error(f"{len(msgs)} messages beside a 'prompt'", field=key,
+                              expected="one assistant message (earlier turns belong in the prompt)")
         text = msgs[-1]["content"]
     elif isinstance(value, str):
         text = value
@@ -260,15 +267,18 @@ def parse_hh_dialogue(text: str, where: Where, key: str) -> tuple[list[Message],
     if cut < 0:
         raise where.error("no '\\n\\nAssistant:' turn", field=key, expected="an HH-RLHF dialogue")
     head, response = text[:cut], text[cut + len(HH_ASSISTANT):].strip()
+    before, *turns = head.split(HH_HUMAN)
+    if before.strip() or not turns:
+        raise where.error("dialogue does not start with a '\\n\\nHuman:' turn", field=key,
+                          expected="an HH-RLHF dialogue (\\n\\nHuman: ... \\n\\nAssistant: ...)")
     messages: list[Message] = []
-    for chunk in head.split(HH_HUMAN):
-        if not chunk.strip():
-            continue
+    for n, chunk in enumerate(turns, 1):
         parts = chunk.split(HH_ASSISTANT)
-        messages.append({"role": "user", "content": parts[0].strip()})
-        messages.extend({"role": "assistant", "content": p.strip()} for p in parts[1:])
-    if not messages or messages[0]["role"] != "user":
-        raise where.error("dialogue does not start with a Human turn", field=key, expected="an HH-RLHF dialogue")
+        for role, content in zip(["user"] + ["assistant"] * (len(parts) - 1), parts):
+            if not content.strip():
+                raise where.error(f"empty {'Human' if role == 'user' else 'Assistant'} turn (exchange {n})",
+                                  field=key, expected="non-empty turns")
+            messages.append({"role": role, "content": content.strip()})
     return messages, response
 
 
@@ -299,8 +309,8 @@ def parse_preference_row(row: Mapping[str, Any], where: Where, index: int = 0, s
             raise where.error("chosen and rejected do not share a prompt", field="chosen",
                               expected="conversations that differ only in the last assistant message, or a 'prompt' field")
         prompt = c[:-1]
-        chosen = _response(c, "chosen", where)
-        rejected = _response(r, "rejected", where)
+        chosen = _response(c, "chosen", where, conversation=True)
+        rejected = _response(r, "rejected", where, conversation=True)
     elif isinstance(chosen_raw, str) and isinstance(rejected_raw, str):
         if HH_ASSISTANT not in chosen_raw:
             raise where.error("no prompt: add a 'prompt' field or use HH-RLHF dialogues", field="prompt",
@@ -327,7 +337,7 @@ def parse_sft_row(row: Mapping[str, Any], where: Where, index: int = 0, stem: st
         msgs = _messages(row["messages"], "messages", where)
         if len(msgs) < 2:
             raise where.error("needs a prompt turn and an assistant reply", field="messages")
-        return SFTExample(ex_id, msgs[:-1], _response(msgs, "messages", where), where)
+        return SFTExample(ex_id, msgs[:-1], _response(msgs, "messages", where, conversation=True), where)
     if "chosen" in row and "rejected" in row:
         pref = parse_preference_row(row, where, index, stem)
         return SFTExample(pref.id, pref.prompt, pref.chosen, where)

@@ -23,6 +23,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from lldyn.errors import LldynError
+
 PreferenceLossType = Literal["dpo", "ipo", "slic", "simpo"]
 PREFERENCE_LOSSES: tuple[str, ...] = ("dpo", "ipo", "slic", "simpo")
 
@@ -174,9 +176,13 @@ def preference_loss(kind: str, policy_chosen_logps: torch.Tensor, policy_rejecte
     if kind == "simpo":
         return simpo_loss(policy_chosen_logps, policy_rejected_logps, chosen_n_tokens, rejected_n_tokens,
                           beta, simpo_gamma)
-    fn = {"dpo": dpo_loss, "ipo": ipo_loss, "slic": slic_loss}[kind]
-    assert ref_chosen_logps is not None and ref_rejected_logps is not None, f"{kind} needs a reference model"
-    return fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    fns = {"dpo": dpo_loss, "ipo": ipo_loss, "slic": slic_loss}
+    if kind not in fns:
+        raise LldynError(f"unknown preference loss {kind!r}", field="method", expected="dpo, ipo, slic or simpo")
+    if ref_chosen_logps is None or ref_rejected_logps is None:
+        raise LldynError(f"{kind} needs the reference model's log-probs", field="ref",
+                         expected="ref_chosen_logps and ref_rejected_logps")
+    return fns[kind](policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
 
 
 def token_residual(logits: torch.Tensor, targets: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:

@@ -221,10 +221,27 @@ def _resolve_source(name: str) -> str:
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/"):
         raise LldynError("model path not found", file=name,
                          expected="a model directory, a .gguf file, a Hub id or one of " + ", ".join(ALIASES))
+    if not looks_like_hub_id and _ownerless_hub_id(name):
+        return name  # a Hub id without an owner (gpt2, distilgpt2): in the local cache, or asked online
     if not looks_like_hub_id:
         raise LldynError(f"unknown model {name!r}", field="model",
                          expected="one of " + ", ".join(ALIASES) + ", a .gguf file, a model directory or a Hub id")
     return name
+
+
+def _ownerless_hub_id(name: str) -> bool:
+    """Whether ``name`` is a Hub id without an owner (``gpt2``): one that is in the local Hugging Face
+    cache, or any well-formed one when the Hub may be asked (HF_HUB_OFFLINE unset). Offline, an unknown
+    word stays an unknown alias, so a typo gets the list of aliases, not a cache miss."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        return False
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on"):
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

@@ -67,8 +67,8 @@ class ScoreConfig:
         check(self.max_length > 1, "max_length", f"must be > 1, got {self.max_length}", "an integer > 1")
         check(self.max_prompt_tokens is None or 0 < self.max_prompt_tokens < self.max_length, "max_prompt_tokens",
               f"must be in (0, max_length), got {self.max_prompt_tokens}", "an integer below max_length")
-        check(self.batch_tokens > 0 and self.max_batch > 0 and self.chunk_size > 0, "batch_tokens",
-              "batch sizes must be positive", "positive integers")
+        for name in ("batch_tokens", "max_batch", "chunk_size"):
+            check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}", "a positive integer")
 
 
 # --------------------------------------------------------------------------- encoding
