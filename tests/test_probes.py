@@ -348,7 +348,7 @@ def _probe_lines(n_prompts: int = 2) -> list[dict]:
 
 
 @pytest.mark.parametrize("case", ["unknown_family", "argmax_stored", "duplicate_id", "missing_field", "id_mismatch",
-                                  "not_object", "no_chosen"])
+                                  "not_object", "no_chosen", "source_ids_string", "method_not_text"])
 def test_cli_check_bad_probe_file(tmp_path, case):
     rows = _probe_lines()
     expect = {"unknown_family": ["bad.jsonl:3", "field 'family'", "unknown probe family 'chosen_paraphrase'"],
@@ -357,7 +357,9 @@ def test_cli_check_bad_probe_file(tmp_path, case):
               "missing_field": ["bad.jsonl:2", "field 'response'", "missing field"],
               "id_mismatch": ["bad.jsonl:1", "field 'id'", "does not match"],
               "not_object": ["bad.jsonl:2", "JSON object"],
-              "no_chosen": ["bad.jsonl", "field 'family'", "prompt 'q1' has no 'chosen'"]}[case]
+              "no_chosen": ["bad.jsonl", "field 'family'", "prompt 'q1' has no 'chosen'"],
+              "source_ids_string": ["bad.jsonl:2", "field 'source_ids'", "bad source_ids 'a12'", "a list of example ids"],
+              "method_not_text": ["bad.jsonl:1", "field 'method'", "bad method 3"]}[case]
     if case == "unknown_family":
         rows[2]["family"], rows[2]["id"] = "chosen_paraphrase", "q1/chosen_paraphrase"
     elif case == "argmax_stored":
@@ -370,6 +372,10 @@ def test_cli_check_bad_probe_file(tmp_path, case):
         rows[0]["id"] = "q0/rejected"
     elif case == "no_chosen":
         rows = [r for r in rows if r["id"] != "q1/chosen"]
+    elif case == "source_ids_string":
+        rows[1]["source_ids"] = "a12"  # was read as ('a', '1', '2')
+    elif case == "method_not_text":
+        rows[0]["method"] = 3
     lines = [json.dumps(r) for r in rows]
     if case == "not_object":
         lines[1] = "[1, 2]"

@@ -222,12 +222,13 @@ def test_api_key_reaches_the_endpoint_and_nothing_else(tmp_path, monkeypatch, ca
     assert not leaks(tmp_path, out, err)
 
 
-@pytest.mark.parametrize("mode", ["fail", "unreachable"])
+@pytest.mark.parametrize("mode", ["fail", "unreachable", "key_in_url"])
 def test_api_key_is_not_in_error_messages(tmp_path, monkeypatch, capsys, endpoint, mode):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.chdir(tmp_path)
     endpoint.mode = "fail"
-    base = url(endpoint) if mode == "fail" else "http://127.0.0.1:9"
+    base = {"fail": url(endpoint), "unreachable": "http://127.0.0.1:9",
+            "key_in_url": f"http://user:{KEY}@127.0.0.1:9/v1?token={KEY}"}[mode]
     for argv in (["probes", "build", "--data", "builtin", "--limit", "2", "--out", "probes.jsonl",
                   "--rephraser", "openai:m", "--base-url", base],
                  ["judge", "--a", "tiny-random-llama", "--b", "tiny-random-llama", "--prompts", "builtin:test",
@@ -237,3 +238,12 @@ def test_api_key_is_not_in_error_messages(tmp_path, monkeypatch, capsys, endpoin
         assert "error:" in err.strip().splitlines()[-1] and not leaks(tmp_path, out, err), err
     assert (mode == "fail") == (f"Bearer {KEY}" in endpoint.seen)  # in fail mode the key did reach the server
     assert not list(tmp_path.iterdir())
+
+
+def test_a_key_pasted_into_the_base_url_is_not_written_into_the_run(tmp_path):
+    from lldyn.train import TrainConfig, run_config
+
+    cfg = TrainConfig(method="dpo", on_policy=True, preference_source="openai:m",
+                      base_url=f"https://user:{KEY}@judge.example/v1?key={KEY}")
+    written = json.dumps(run_config(cfg))
+    assert KEY not in written and "https://judge.example/v1" in written

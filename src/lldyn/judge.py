@@ -25,20 +25,18 @@ mean prompt score with a seeded percentile-bootstrap confidence interval over pr
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import os
 import re
 import socket
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 from lldyn.data import Prompt
+from lldyn.endpoint import chat_completion, chat_completions_url, public_url
 from lldyn.errors import LldynError
 
 # The paper's judge instruction (Ren & Sutherland, Appendix; the authors' evaluation notebook, which
@@ -210,22 +208,6 @@ class HFJudge(PreferenceSource):
         return {"judge": self.name, "judge_max_tokens": self.max_new_tokens}
 
 
-def public_url(url: str) -> str:
-    """``url`` without user info, query or fragment: safe to print and to write into output files."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def chat_completions_url(base_url: str) -> str:
-    """``http://h:p`` or ``http://h:p/v1`` → ``http://h:p/v1/chat/completions``."""
-    base = base_url.rstrip("/")
-    if base.endswith("/chat/completions"):
-        return base
-    return base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
-
-
 class OpenAIJudge(PreferenceSource):
     """Any OpenAI-compatible chat-completions endpoint, through the standard library (temperature 0).
 
@@ -237,13 +219,9 @@ class OpenAIJudge(PreferenceSource):
                  max_tokens: int = 128, timeout: float = 120.0) -> None:
         if not model:
             raise LldynError("missing model name", field="judge", expected="openai:MODEL, e.g. openai:gpt-4o-mini")
-        base = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com"
-        if urllib.parse.urlsplit(base).scheme not in ("http", "https") or not urllib.parse.urlsplit(base).hostname:
-            raise LldynError(f"bad endpoint URL {public_url(base)!r}", field="base-url",
-                             expected="http(s)://HOST[:PORT][/v1]")
         self.model = model
         self.name = f"openai:{model}"
-        self.url = chat_completions_url(base)
+        self.url = chat_completions_url(base_url)
         self.api_key_env = api_key_env
         self.max_tokens = max_tokens
         self.timeout = timeout
@@ -263,36 +241,9 @@ class OpenAIJudge(PreferenceSource):
                              field="base-url", expected="a running OpenAI-compatible server (--base-url)") from None
 
     def complete(self, messages: list[dict[str, str]]) -> str:
-        """The endpoint's reply text (choices[0].message.content); LldynError on any transport problem."""
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0,
-                           "max_tokens": self.max_tokens}).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        where = public_url(self.url)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                payload = json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as err:
-            hint = f" (is {self.api_key_env} set to a valid key?)" if err.code in (401, 403) else ""
-            raise LldynError(f"judge endpoint answered HTTP {err.code} {err.reason}{hint}", file=where,
-                             field="judge") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-            reason = getattr(err, "reason", None) or err
-            reason = getattr(reason, "strerror", None) or reason
-            raise LldynError(f"cannot reach judge endpoint: {reason}", file=where, field="base-url",
-                             expected="a running OpenAI-compatible server (--base-url)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise LldynError("judge endpoint did not answer JSON", file=where, field="base-url",
-                             expected="an OpenAI-compatible chat completion") from None
-        try:
-            content = payload["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise LldynError("unexpected answer from judge endpoint (no choices[0].message.content)", file=where,
-                             field="base-url", expected="an OpenAI-compatible chat completion") from None
-        return content if isinstance(content, str) else ""
+        """The endpoint's reply text; LldynError on any transport problem (:func:`lldyn.endpoint.chat_completion`)."""
+        return chat_completion(self.url, self.model, messages, api_key_env=self.api_key_env,
+                               max_tokens=self.max_tokens, timeout=self.timeout, what="judge", field="judge")
 
     def judge_batch(self, items: Sequence[tuple[Prompt, str, str]], progress: bool = False) -> list[Judgement]:
         loop: Any = items

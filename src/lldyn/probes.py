@@ -194,8 +194,15 @@ def probe_from_row(row: Mapping[str, Any], where: Where) -> Probe:
     response = row["response"]
     if not isinstance(response, str) or not response.strip():
         raise where.error("empty or non-text response", field="response", expected="a non-empty string")
-    probe = Probe(str(prompt_id), family, prompt, response, tuple(str(s) for s in row.get("source_ids") or ()),
-                  str(row.get("method", "file")))
+    # Provenance is optional in a hand-written file (recorded as method "file"), but never guessed at.
+    source_ids = row.get("source_ids", [])
+    if not isinstance(source_ids, list) or not all(isinstance(x, (str, int)) and str(x).strip() for x in source_ids):
+        raise where.error(f"bad source_ids {source_ids!r}", field="source_ids",
+                          expected='a list of example ids, e.g. ["hh-12"]')
+    method = row.get("method", "file")
+    if not isinstance(method, str) or not method.strip():
+        raise where.error(f"bad method {method!r}", field="method", expected="a non-empty string (how it was made)")
+    probe = Probe(str(prompt_id), family, prompt, response, tuple(str(x) for x in source_ids), method)
     if "id" in row and row["id"] != probe.id:
         raise where.error(f"id {row['id']!r} does not match prompt_id/family {probe.id!r}", field="id",
                           expected="'<prompt_id>/<family>'")

@@ -22,15 +22,12 @@ Three rephrasers, chosen with ``--rephraser``:
 """
 from __future__ import annotations
 
-import json
-import os
 import random
 import re
-import urllib.error
-import urllib.request
 from typing import Any, NamedTuple, Sequence
 
 from lldyn.data import PreferenceExample
+from lldyn.endpoint import chat_completion, chat_completions_url, public_url
 from lldyn.errors import LldynError
 
 INSTRUCTIONS = {
@@ -221,42 +218,15 @@ class OpenAIRephraser:
             raise LldynError("missing model name", field="rephraser", expected="openai:MODEL")
         self.model = model
         self.name = f"openai:{model}"
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com").rstrip("/")
+        self.url = chat_completions_url(base_url)
         self.api_key_env = api_key_env
         self.timeout = timeout
         self.max_tokens = max_tokens
 
-    @property
-    def url(self) -> str:
-        base = self.base_url
-        return base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
-
     def complete(self, message: str) -> str:
-        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
-                           "messages": [{"role": "user", "content": message}]}).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                payload = json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as err:
-            hint = f" (is {self.api_key_env} set?)" if err.code in (401, 403) else ""
-            raise LldynError(f"rephrase endpoint answered HTTP {err.code} {err.reason}{hint}", file=self.url,
-                             field="rephraser") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise LldynError(f"cannot reach rephrase endpoint: {reason}", file=self.url, field="base-url",
-                             expected="a running OpenAI-compatible server (--base-url)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise LldynError("rephrase endpoint did not answer JSON", file=self.url, field="base-url") from None
-        try:
-            return str(payload["choices"][0]["message"]["content"])
-        except (KeyError, IndexError, TypeError):
-            raise LldynError("unexpected answer from rephrase endpoint (no choices[0].message.content)",
-                             file=self.url, field="base-url", expected="an OpenAI-compatible chat completion") from None
+        return chat_completion(self.url, self.model, [{"role": "user", "content": message}],
+                               api_key_env=self.api_key_env, max_tokens=self.max_tokens, timeout=self.timeout,
+                               what="rephrase", field="rephraser")
 
     def rephrase(self, requests: Sequence[RephraseRequest], progress: bool = False) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
@@ -277,7 +247,7 @@ class OpenAIRephraser:
     def _rewrite(self, req: RephraseRequest) -> tuple[str, str]:
         text = clean_reply(self.complete(instruction_message(req.text, req.mode)))
         if not text:
-            raise LldynError(f"empty rewrite for {req.pair.id} ({req.part}, {req.mode})", file=self.url,
+            raise LldynError(f"empty rewrite for {req.pair.id} ({req.part}, {req.mode})", file=public_url(self.url),
                              field="rephraser")
         return text, self.name
 

@@ -598,10 +598,15 @@ def _model_config(cfg: TrainConfig, name: str | None = None):
 
 
 def run_config(cfg: TrainConfig) -> dict[str, Any]:
-    """The resolved config written to ``config.json`` (no secrets: keys live only in the environment)."""
+    """The resolved config written to ``config.json`` (no secrets: keys live only in the environment, and
+    an endpoint URL is written without user info or query, where a pasted token would sit)."""
     import lldyn
+    from lldyn.endpoint import public_url
 
-    return {"kind": "train", "lldyn_version": lldyn.__version__, **config_to_dict(cfg)}
+    values = config_to_dict(cfg)
+    if values.get("base_url"):
+        values["base_url"] = public_url(values["base_url"])
+    return {"kind": "train", "lldyn_version": lldyn.__version__, **values}
 
 
 def _check_batch(cfg: TrainConfig, n: int, phase: Phase, data: str) -> None:
