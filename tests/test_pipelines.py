@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import requires_smollm2
 from lldyn.rundir import RunDir
 from lldyn.summary import phase_changes
 
@@ -69,6 +70,7 @@ def test_reproduce_missing_data_is_one_clear_error(tmp_path):
     assert not (tmp_path / "exp").exists()
 
 
+@requires_smollm2
 @pytest.mark.slow
 def test_demo_claims_on_smollm2_shortened(tmp_path):
     """The demo's configuration with 8 probe prompts instead of 32: SFT lifts y+ and y_j+; DPO squeezes:

@@ -94,15 +94,23 @@ def test_gradient_equals_sum_of_residual_weighted_logp_gradients(kind):
     assert num / den < 1e-4
 
 
-def test_kill_and_resume_equals_uninterrupted(tmp_path):
-    base = dict(method="sft_dpo", sft_steps=3, steps=4, lr=1e-3, checkpoint_every=2, eval_every=2)
+class Kill(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["mid_phase", "before_phase_end_evaluation"])
+def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch, where):
+    """Killed in the DPO phase (resumed from the step-4 checkpoint, RMSprop and a warm-up + cosine schedule
+    restored), or right after the SFT phase's last checkpoint but before its end-of-phase probe evaluation
+    (step 3: --eval-every 2 does not divide the phase): the resumed run equals the uninterrupted one."""
+    import lldyn.tracking as tracking
+
+    base = dict(method="sft_dpo", sft_steps=3, steps=4, lr=1e-3, checkpoint_every=2, eval_every=2,
+                optimizer="rmsprop", warmup_steps=2, scheduler="cosine")
     probes = tmp_path / "probes.jsonl"
     subprocess.run([sys.executable, "-m", "lldyn.cli", "probes", "build", "--data", "builtin", "--out", str(probes),
                     "--limit", "3"], check=True, capture_output=True)
     full = train(cfg_(tmp_path, "full", probes=str(probes), **base), progress=False)
-
-    class Kill(Exception):
-        pass
 
     class KillAt:
         def before_step(self, step, model, terms, optimizer=None):
@@ -113,9 +121,24 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
             return None
 
     cut = cfg_(tmp_path, "cut", probes=str(probes), **base)
-    with pytest.raises(Kill):
-        train(cut, decomposer=KillAt(), progress=False)
+    if where == "mid_phase":
+        with pytest.raises(Kill):
+            train(cut, decomposer=KillAt(), progress=False)
+    else:
+        real_track = tracking.Tracker.track
+
+        def track(self, step):
+            if step == 3:
+                raise Kill
+            return real_track(self, step)
+
+        monkeypatch.setattr(tracking.Tracker, "track", track)
+        with pytest.raises(Kill):
+            train(cut, progress=False)
+        monkeypatch.setattr(tracking.Tracker, "track", real_track)
+        assert [c.name for c in list_checkpoints(Path(cut.out) / "checkpoints")][-1] == "step-00000003"
     resumed = train(cut, resume=True, progress=False)
+    assert sorted({r["step"] for r in resumed.run.probe_table()}) == [0, 2, 3, 4, 6, 7]
     a, b = train_rows(full.run.path), train_rows(resumed.run.path)
     assert [r["step"] for r in b] == list(range(1, 8))
     for ra, rb in zip(a, b):
@@ -213,20 +236,27 @@ def test_optimizers_and_lora_take_steps(tmp_path, optimizer):
 
 
 def test_gradient_accumulation_matches_a_big_batch(tmp_path):
-    """Two micro-batches of 2 with grad_accum 2 give the same update as a batch of 4 with the same rows."""
-    a = train(cfg_(tmp_path, "a", method="sft", steps=1, lr=1e-2, optimizer="sgd", batch_size=4), progress=False)
-    # With batch 2 and grad_accum 2 the micro-batches come from the batch-2 permutation; compare against the
-    # loss of those rows recomputed directly.
-    b = train(cfg_(tmp_path, "b", method="sft", steps=1, lr=1e-2, optimizer="sgd", batch_size=2, grad_accum=2),
-              progress=False)
+    """Two micro-batches of 2 with grad_accum 2 make the update of one batch of those 4 rows: the logged
+    loss is their mean NLL and the weights equal one SGD step on the mean loss, done by hand."""
+    b = train(cfg_(tmp_path, "b", method="sft", steps=1, lr=1e-2, optimizer="sgd", batch_size=2, grad_accum=2,
+                   max_grad_norm=0.0), progress=False)
     cfg = cfg_(tmp_path, "b", method="sft", steps=1, batch_size=2, grad_accum=2)
     lm = load_model(ModelConfig(name="tiny-random-llama"))
     pairs, sft = load_training_data(cfg)
-    ex = encode_phase_data(phases(cfg)[0], pairs, sft, Encoder(lm.tokenizer, cfg.scoring()), cfg.data)
+    enc = Encoder(lm.tokenizer, cfg.scoring())
+    ex = encode_phase_data(phases(cfg)[0], pairs, sft, enc, cfg.data)
     rows = micro_batch(ex, cfg, 0, 0) + micro_batch(ex, cfg, 0, 1)
     res = score(lm.model, lm.tokenizer, [ScoreRequest(e.prompt, e.chosen) for e in rows], cfg.scoring())
     assert train_rows(b.run.path)[0]["loss"] == pytest.approx(-sum(r.logp for r in res) / 4, rel=1e-5)
-    assert train_rows(a.run.path)[0]["loss"] > 0
+    batch = collate([e.chosen_ids for e in rows], lm.tokenizer.pad_token_id)
+    (-sequence_logps(lm.model, batch).logps.mean()).backward()
+    with torch.no_grad():
+        for p in lm.model.parameters():
+            p -= 1e-2 * p.grad
+    got, want = weights(b.model), weights(lm.model)
+    assert max(float((got[n] - want[n]).abs().max()) for n in want) <= 1e-6
+    start = weights(load_model(ModelConfig(name="tiny-random-llama")).model)
+    assert max(float((got[n] - start[n]).abs().max()) for n in want) > 1e-4  # the step did move the weights
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -248,6 +278,8 @@ BASE = ["train", "--model", "tiny-random-llama", "--data", "builtin:train", "--l
     (["--limit", "2", "--max-prompt-tokens", "1", "--max-length", "3", "--no-template"],  # both pairs start "The capital"
          "no usable pairs after truncation"),
     (["--lr", "abc"], "--lr expects float"),
+    (["--ref", "/nonexistent/model"], "model path not found"),
+    (["--ref", "someone/not-cached-model"], "not in the local Hugging Face cache"),
 ])
 def test_bad_training_input_is_one_clear_error_and_writes_nothing(tmp_path, extra, needle):
     proc = run_cli(*BASE, "--out", "run", *extra, cwd=tmp_path)
@@ -339,9 +371,6 @@ def test_on_policy_kill_and_resume_equals_uninterrupted(tmp_path):
     base = dict(method="dpo", steps=5, lr=1e-3, limit=8, batch_size=2, on_policy=True, on_policy_refresh=2,
                 preference_source="test_train:prefer_short", on_policy_max_new_tokens=8, checkpoint_every=1)
     full = train(cfg_(tmp_path, "full", **base), progress=False)
-
-    class Kill(Exception):
-        pass
 
     class KillAt:
         def before_step(self, step, model, terms, optimizer=None):

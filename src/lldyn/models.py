@@ -259,6 +259,22 @@ def _refuse_pickled_weights(path: Path) -> None:
                          "a trusted environment with save_pretrained(..., safe_serialization=True)) or a .gguf file")
 
 
+def check_model_name(name: str) -> None:
+    """Refuse a model spec that cannot load, without loading it (so a command can refuse before it writes):
+    an unknown alias, a missing path or GGUF, a pickle-only directory, or offline a Hub id that is not in
+    the local cache."""
+    if name == TINY_ALIAS:
+        return
+    source = _resolve_source(name)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    if offline and not Path(source).exists():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+            raise LldynError("model is not in the local Hugging Face cache (offline: HF_HUB_OFFLINE=1)", file=name,
+                             expected="a cached Hub id, a model directory, a .gguf file or one of " + ", ".join(ALIASES))
+
+
 def load_model(config: ModelConfig) -> LoadedModel:
     """Load model and tokenizer as ``config`` says; the model is returned in eval mode."""
     if config.name == TINY_ALIAS:

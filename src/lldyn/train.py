@@ -641,6 +641,10 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
     phase_data = [encode_phase_data(phase, pairs, sft, encoder, cfg.data) for phase in plan]
     for phase, examples in zip(plan, phase_data):
         _check_batch(cfg, len(examples), phase, cfg.data)
+    if cfg.ref is not None and not is_run_dir(cfg.ref):
+        from lldyn.models import check_model_name
+
+        check_model_name(cfg.ref)  # a bad --ref is refused before anything is written
     params = [p for p in model.parameters() if p.requires_grad]
     procs.same_start(params)
     run = procs.from_main(lambda: RunDir.create(cfg.out, run_config(cfg), resume=resume))
