@@ -83,6 +83,28 @@ def test_a_json_document_over_the_byte_limit_is_refused(tmp_path, monkeypatch):
     assert "LLDYN_MAX_JSON_BYTES" in str(info.value) and ".jsonl" in str(info.value)
 
 
+def test_a_small_gzip_of_a_huge_json_document_is_refused_by_its_decompressed_size(tmp_path, monkeypatch):
+    import gzip
+
+    path = tmp_path / "bomb.json.gz"
+    with gzip.open(path, "wt") as fh:
+        json.dump(ROWS + [{"prompt": "p", "chosen": "x" * 200_000, "rejected": "y"}], fh)
+    assert path.stat().st_size < 10_000
+    monkeypatch.setenv("LLDYN_MAX_JSON_BYTES", "100000")
+    with pytest.raises(LldynError, match=r"bomb.json.gz.*more than 100,000 \(decompressed\) bytes is too large"):
+        load_preferences(str(path))
+
+
+def test_one_huge_jsonl_line_is_refused_without_reading_it_whole(tmp_path, monkeypatch):
+    path = jsonl(tmp_path / "data.jsonl", ROWS[:2], tail=json.dumps({"prompt": "p", "chosen": "x" * 5000,
+                                                                      "rejected": "y"}) + "\n")
+    assert len(load_preferences(str(path))) == 3
+    monkeypatch.setenv("LLDYN_MAX_JSON_BYTES", "1000")
+    with pytest.raises(LldynError, match=r"data.jsonl:3.*line longer than 1,000 bytes"):
+        load_preferences(str(path))
+    assert len(load_preferences(str(path), limit=2)) == 2
+
+
 def test_a_probe_set_over_the_row_limit_is_refused(tmp_path, monkeypatch):
     probe = {"prompt_id": "a", "prompt": "Hi?", "response": "Hello."}
     path = jsonl(tmp_path / "probes.jsonl", [{**probe, "family": "chosen"}, {**probe, "family": "rejected"}])

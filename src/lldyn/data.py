@@ -131,15 +131,20 @@ def _read_rows(path: Path) -> Iterator[tuple[dict[str, Any], Where]]:
     if name.endswith(".parquet"):
         yield from _read_parquet(path)
         return
+    cap = _env_limit(MAX_JSON_BYTES_ENV, DEFAULT_MAX_JSON_BYTES)
     if name.endswith((".json", ".json.gz")):
-        cap = _env_limit(MAX_JSON_BYTES_ENV, DEFAULT_MAX_JSON_BYTES)
+        def too_large(size: str) -> LldynError:
+            return LldynError(f"{size} bytes is too large to parse as one JSON document (limit "
+                              f"{MAX_JSON_BYTES_ENV}={cap})", file=str(path), field=MAX_JSON_BYTES_ENV,
+                              expected="a .jsonl file (one object per line, streamed) or a larger limit")
         if path.stat().st_size > cap:
-            raise LldynError(f"{path.stat().st_size:,} bytes is too large to parse as one JSON document "
-                             f"(limit {MAX_JSON_BYTES_ENV}={cap})", file=str(path), field=MAX_JSON_BYTES_ENV,
-                             expected="a .jsonl file (one object per line, streamed) or a larger limit")
+            raise too_large(f"{path.stat().st_size:,}")
         try:
             with _open_bytes(path) as fh:
-                data = json.load(fh)
+                raw = fh.read(cap + 1)  # decompressed bytes: a small .json.gz can hold a huge document
+            if len(raw) > cap:
+                raise too_large("more than {:,} (decompressed)".format(cap))
+            data = json.loads(raw)
         except json.JSONDecodeError as err:
             raise LldynError(f"invalid JSON: {err.msg}", file=str(path), line=err.lineno) from None
         except (OSError, UnicodeDecodeError) as err:
@@ -160,10 +165,15 @@ def _read_rows(path: Path) -> Iterator[tuple[dict[str, Any], Where]]:
                          expected="a .jsonl, .jsonl.gz, .json or .parquet file")
     try:
         with _open_bytes(path) as fh:
-            for lineno, raw in enumerate(fh, start=1):
+            lineno = 0
+            while raw := fh.readline(cap + 1):  # one line is held in memory at a time, and at most cap bytes of it
+                lineno += 1
+                where = Where(str(path), lineno)
+                if len(raw) > cap and not raw.endswith(b"\n"):
+                    raise where.error(f"line longer than {cap:,} bytes (limit {MAX_JSON_BYTES_ENV})",
+                                      field=MAX_JSON_BYTES_ENV, expected="one JSON object per line, or a larger limit")
                 if not raw.strip():
                     continue
-                where = Where(str(path), lineno)
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as err:
