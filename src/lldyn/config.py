@@ -99,7 +99,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise LldynError("config file not found", file=str(path)) from None
+        raise LldynError("config file not found", file=str(path), expected="a TOML file of settings") from None
     except (OSError, UnicodeDecodeError) as err:
         raise LldynError(f"cannot read config file: {err}", file=str(path)) from None
     try:
@@ -110,7 +110,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         where = re.search(r"\s*\(at line (\d+), column (\d+)\)", msg)  # Python < 3.14 has no err.lineno
         if line is None and where:
             line, msg = int(where.group(1)), msg[:where.start()] + f" at column {where.group(2)}"
-        raise LldynError(f"invalid TOML: {msg}", file=str(path), line=line) from None
+        raise LldynError(f"invalid TOML: {msg}", file=str(path), line=line, expected="TOML key = value lines") from None
 
 
 def build_config(
@@ -125,7 +125,17 @@ def build_config(
     ``__post_init__`` of ``cls`` runs the value checks (e.g. ``beta > 0``); a ``ValueError`` it
     raises is turned into an :class:`LldynError` naming ``file``.
     """
-    values = dict(values or {})
+    try:
+        return _build(cls, dict(values or {}), file, prefix)
+    except LldynError as err:
+        if file is None or err.line is not None or not err.field:
+            raise
+        # name the line of a TOML file that holds the setting, when it is there (a flag's value is not)
+        raise LldynError(err.message, file=err.file or file, line=toml_line(file, err.field), field=err.field,
+                         expected=err.expected) from None
+
+
+def _build(cls: type[C], values: dict[str, Any], file: str | None, prefix: str) -> C:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields))
@@ -139,10 +149,32 @@ def build_config(
         return cls(**kwargs)
     except LldynError as err:
         if err.file is None and file is not None:
-            raise LldynError(err.message, file=file, field=err.field, expected=err.expected) from None
+            raise LldynError(err.message, file=file, field=prefix + (err.field or "") if err.field else None,
+                             expected=err.expected) from None
         raise
     except (TypeError, ValueError) as err:
         raise LldynError(str(err), file=file) from None
+
+
+def toml_line(file: str | Path, field: str) -> int | None:
+    """The line of ``file`` that sets ``field`` (``key`` or ``section.key``), or None (not a TOML file, or not
+    set there). A plain scan of ``[section]`` headers and ``key =`` lines: enough to point at the setting."""
+    path = Path(file)
+    if path.suffix != ".toml" or not path.is_file():
+        return None
+    section, _, key = field.rpartition(".")
+    current = ""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for number, line in enumerate(lines, 1):
+        header = re.match(r"\s*\[([^\[\]]+)\]\s*(#.*)?$", line)
+        if header:
+            current = header.group(1).strip()
+        elif current == section and re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=", line):
+            return number
+    return None
 
 
 def load_config(

@@ -123,7 +123,8 @@ def read_rows(source: str | Path) -> Iterator[tuple[dict[str, Any], Where]]:
 
 def _read_rows(path: Path) -> Iterator[tuple[dict[str, Any], Where]]:
     if not path.exists():
-        raise LldynError("data file not found", file=str(path))
+        raise LldynError("data file not found", file=str(path),
+                         expected="a .jsonl/.json/.parquet file, builtin, builtin:train|test or hf:NAME")
     if path.is_dir():
         raise LldynError("is a directory, not a data file", file=str(path),
                          expected="a .jsonl, .json or .parquet file")

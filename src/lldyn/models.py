@@ -305,7 +305,9 @@ def load_model(config: ModelConfig) -> LoadedModel:
                                  ) from None
             hint = " (offline: HF_HUB_OFFLINE=1 and it is not in the local cache)" if os.environ.get(
                 "HF_HUB_OFFLINE") == "1" and not Path(source).exists() else ""
-            raise LldynError(f"cannot load model{hint}: {str(err).splitlines()[0]}", file=config.name) from None
+            raise LldynError(f"cannot load model{hint}: {str(err).splitlines()[0]}", file=config.name,
+                             expected="a model directory, a .gguf file, a cached Hub id or one of " + ", ".join(ALIASES)
+                             ) from None
         tokenizer = _finish_tokenizer(tokenizer)
     model = model.to(_torch_dtype(config.dtype)).to(config.device)
     if config.lora_r > 0:

@@ -82,9 +82,11 @@ class RunDir:
         try:
             return json.loads((self.path / CONFIG).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise LldynError("not a run directory (no config.json)", file=str(self.path)) from None
+            raise LldynError("not a run directory (no config.json)", file=str(self.path),
+                             expected="a directory written by lldyn train (or the TRL callback)") from None
         except json.JSONDecodeError as err:
-            raise LldynError(f"corrupt config.json: {err.msg}", file=str(self.path / CONFIG), line=err.lineno) from None
+            raise LldynError(f"corrupt config.json: {err.msg}", file=str(self.path / CONFIG), line=err.lineno,
+                             expected="the JSON lldyn wrote (restore it, or start a new run)") from None
 
     def has_metrics(self) -> bool:
         p = self.path / METRICS

@@ -63,7 +63,8 @@ def resolve_config(name: str | None, experiment: str) -> Path:
     path = Path(name)
     if path.suffix == ".toml":
         if not path.is_file():
-            raise LldynError("config file not found", file=str(path))
+            raise LldynError("config file not found", file=str(path),
+                             expected="a shipped config name or a TOML file with [experiment] and run sections")
         return path
     shipped = configs_dir() / f"{name}.toml"
     if not shipped.is_file():

@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from lldyn.serve import make_server
 
     if not 0 <= args.port <= 65535:
-        raise LldynError(f"--port must be in 0..65535, got {args.port}", field="port")
+        raise LldynError(f"--port must be in 0..65535, got {args.port}", field="port",
+                         expected="a TCP port, or 0 for any free one")
     if args.max_tokens_limit < 1:
         raise LldynError(f"--max-tokens-limit must be >= 1, got {args.max_tokens_limit}", field="max-tokens-limit")
     api_key = None
