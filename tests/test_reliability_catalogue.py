@@ -291,7 +291,7 @@ CASES = [
          both(data("m.gguf", b"GGUF\x03\x00garbage"), data("tests_judge.py", "def length(p, r):\n    return len(r)\n")),
          subprocess=True),
     # ---------------------------------------------------------------- run directories
-    Case("run-decompose-not-a-run", ("decompose", "--run", "absent", "--out", "replay"),
+    Case("run-decompose-not-a-run", ("decompose", "--run", "absent"),
          ("absent", "not a run directory (no config.json)", "expected a directory written by lldyn train")),
     Case("run-ref-not-found", (*TINY_TRAIN, "--method", "dpo", "--ref", "models/absent", "--out", "run"),
          ("models/absent", "not in the local Hugging Face cache", "expected"), data("pairs.jsonl", jsonl(PAIRS))),

@@ -462,24 +462,44 @@ def test_lldyn_decompose_replays_a_run(tmp_path):
                     "--limit", "2"], check=True, capture_output=True)
     assert run_cli(*BASE, "--out", "run", "--steps", "2", "--probes", str(probes), "--eval-every", "1",
                    cwd=tmp_path).returncode == 0
-    proc = run_cli("decompose", "--run", "run", "--every", "1", "--out", "dec", cwd=tmp_path)
+    proc = run_cli("decompose", "--run", "run", "--every", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (tmp_path / "dec" / "decompose.jsonl").is_file()
-    # The replay follows the same trajectory as the original run.
-    a = [r["loss"] for r in train_rows(tmp_path / "run")]
-    b = [r["loss"] for r in train_rows(tmp_path / "dec")]
-    assert a == pytest.approx(b, abs=1e-6)
+    # Written into the run itself, after checking that the replay followed it; the scratch replay is gone.
+    rows = [json.loads(x) for x in (tmp_path / "run" / "decompose.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in rows} == {1, 2}
+    assert "the replay followed the run: largest loss difference 0.0e+00" in proc.stdout
+    assert not (tmp_path / "run" / ".decompose-replay").exists()
     # Its figures (predicted vs actual, the +/- split per family) are drawn and embedded by `lldyn report`.
-    figures = [tmp_path / "dec" / "figures" / name for name in ("decompose-scatter.png", "decompose-parts.png")]
+    figures = [tmp_path / "run" / "figures" / name for name in ("decompose-scatter.png", "decompose-parts.png")]
     assert all(f.read_bytes().startswith(b"\x89PNG") for f in figures)
-    for f in figures:
-        f.unlink()
-    assert run_cli("report", "dec", "--out", "rep", cwd=tmp_path).returncode == 0
-    page = (tmp_path / "rep" / "report.html").read_text()
-    import base64
+    assert run_cli("report", "run", cwd=tmp_path).returncode == 0
+    assert "decompose-scatter.png" in (tmp_path / "run" / "report.html").read_text()
+    # A second decomposition needs --force; --out keeps the replay, whose losses equal the run's.
+    again = run_cli("decompose", "--run", "run", "--every", "1", cwd=tmp_path)
+    assert again.returncode == 2 and "already holds a decomposition" in again.stderr
+    assert run_cli("decompose", "--run", "run", "--every", "2", "--out", "dec", "--force", cwd=tmp_path).returncode == 0
+    assert [r["loss"] for r in train_rows(tmp_path / "run")] == pytest.approx(
+        [r["loss"] for r in train_rows(tmp_path / "dec")], abs=1e-6)
+    assert {json.loads(x)["step"] for x in (tmp_path / "run" / "decompose.jsonl").read_text().splitlines()} == {2}
 
-    for f in figures:
-        assert f.is_file() and base64.b64encode(f.read_bytes()).decode() in page
+
+def test_lldyn_decompose_refuses_a_replay_that_leaves_the_run(tmp_path):
+    """A replay whose losses differ from the run's (here: the run's log edited, as a GPU run or another
+    torch would differ) writes nothing into the run: its numbers would describe another trajectory."""
+    probes = tmp_path / "probes.jsonl"
+    subprocess.run([sys.executable, "-m", "lldyn.cli", "probes", "build", "--data", "builtin", "--out", str(probes),
+                    "--limit", "2"], check=True, capture_output=True)
+    assert run_cli(*BASE, "--out", "run", "--steps", "2", "--probes", str(probes), "--eval-every", "1",
+                   cwd=tmp_path).returncode == 0
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    for r in rows:
+        if r.get("event") == "train" and r["step"] == 2:
+            r["loss"] += 0.5
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_cli("decompose", "--run", "run", "--every", "1", cwd=tmp_path)
+    assert proc.returncode == 2 and "the replay did not follow the run" in proc.stderr and "at step 2" in proc.stderr
+    assert not (tmp_path / "run" / "decompose.jsonl").exists() and not (tmp_path / "run" / ".decompose-replay").exists()
 
 
 def test_score_a_run_and_one_of_its_checkpoints(tmp_path):
