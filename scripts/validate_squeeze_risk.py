@@ -12,11 +12,13 @@ On SmolLM2-135M-Instruct and real HH-RLHF pairs (``../shared/data/hh-rlhf``):
 4. score the pairs again and report Spearman(score, −Δ log π(y+)) for the risk score, its parts,
    CHES and two length baselines, with two-sided permutation p-values.
 
-With ``--from-runs START_RUN END_RUN`` nothing is trained: the start model is START_RUN's final model
-(END_RUN's starting point and DPO reference) and the end model END_RUN's; the pairs are END_RUN's
-training data (``--data`` overrides), all of them unless ``--pairs``. This validates the score on a run
-that squeezes, e.g. the demo's ``runs/demo/sft`` and ``runs/demo/dpo``; each row also says whether the pair
-was in one of END_RUN's batches.
+With ``--from-runs START END`` nothing is trained: the start model is START's (a run directory's final
+model, or one checkpoint ``RUN/checkpoints/step-N``: END's starting point and DPO reference) and the end
+model END's; the pairs are END's training data (``--data`` overrides, e.g. with held-out pairs added),
+all of them that fit END's max length untruncated unless ``--pairs``. This validates the score on a run
+that squeezes, e.g. the demo's ``runs/demo/sft`` and ``runs/demo/dpo``, or the DPO phase of a one-run
+SFT → DPO (START = its SFT-end checkpoint, END = the run); each row also says whether the pair was in one
+of the batches of END's preference phase.
 
 Writes ``OUT/results.json`` (everything), ``OUT/pairs.jsonl`` (per pair: scores and changes),
 ``OUT/train_pairs.jsonl`` (the selected pairs) and the run directory ``OUT/run`` (its checkpoint is
@@ -64,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--out", default=str(ROOT / "runs" / "validate-squeeze-risk"))
-    p.add_argument("--pairs", type=int, default=48)
+    p.add_argument("--pairs", type=int, default=None, help="how many pairs (default: 48; all with --from-runs)")
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lr", type=float, default=5e-5)
@@ -81,15 +83,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def select_pairs(pairs, encoder, n: int, max_prompt: int, max_response: int):
-    """The first ``n`` pairs that fit the token limits untruncated and have two different responses."""
+def select_pairs(pairs, encoder, n: int | None, max_prompt: int, max_response: int):
+    """The first ``n`` (None: all) pairs that the encoder's config scores untruncated, whose responses have
+    at most ``max_response`` tokens, and whose two responses differ."""
     chosen = []
     for p in pairs:
         if p.chosen.strip() == p.rejected.strip():
             continue
         if len(encoder.prompt(p.prompt)) > max_prompt:
             continue
-        if any(len(encoder.pair(p.prompt, r).response_ids) > max_response for r in (p.chosen, p.rejected)):
+        encoded = [encoder.pair(p.prompt, r) for r in (p.chosen, p.rejected)]
+        if any(e.truncated or len(e.response_ids) > max_response for e in encoded):
             continue
         chosen.append(p)
         if len(chosen) == n:
@@ -170,31 +174,33 @@ def main(argv: list[str] | None = None) -> int:
         if args.data == str(DEFAULT_DATA):
             args.data = end_cfg.data
         args.beta, args.seed = end_cfg.beta, end_cfg.seed
-        args.max_prompt_tokens = end_cfg.max_prompt_tokens or 0
-        args.max_response_tokens = end_cfg.max_length - args.max_prompt_tokens
+        # END's own truncation: its prompt cap (none: any prompt that leaves room) and max length
+        args.max_prompt_tokens = end_cfg.max_prompt_tokens or end_cfg.max_length - 1
+        args.max_response_tokens = end_cfg.max_length - (end_cfg.max_prompt_tokens or 1)
     elif not Path(args.data).is_file():
         print(f"validate_squeeze_risk: data not found: {args.data} (needs ../shared/data)", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    max_length = args.max_prompt_tokens + args.max_response_tokens
+    max_length = end_cfg.max_length if end_cfg else args.max_prompt_tokens + args.max_response_tokens
     score_cfg = ScoreConfig(max_length=max_length, max_prompt_tokens=args.max_prompt_tokens)
 
     t_start = time.perf_counter()
     if args.from_runs:
-        from lldyn.train import load_run_model
+        from lldyn.train import load_model_or_run
 
-        lm = load_run_model(args.from_runs[0])
-        all_pairs = load_preferences(args.data, end_cfg.split, end_cfg.limit, skip_invalid=end_cfg.skip_invalid)
-        pairs = select_pairs(all_pairs, Encoder(lm.tokenizer, score_cfg), len(all_pairs) if args.pairs == 48
-                             else args.pairs, args.max_prompt_tokens, args.max_response_tokens)
+        lm = load_model_or_run(args.from_runs[0])
+        all_pairs = load_preferences(args.data, end_cfg.split, None, skip_invalid=True)
+        pairs = select_pairs(all_pairs, Encoder(lm.tokenizer, score_cfg), args.pairs, args.max_prompt_tokens,
+                             args.max_response_tokens)
     else:
+        args.pairs = args.pairs or 48
         lm = load_model(ModelConfig(name=args.model))
         all_pairs = load_preferences(args.data, skip_invalid=True)
         pairs = select_pairs(all_pairs, Encoder(lm.tokenizer, score_cfg), args.pairs, args.max_prompt_tokens,
                              args.max_response_tokens)
-    if len(pairs) < args.pairs:
+    if args.pairs is not None and len(pairs) < args.pairs:
         print(f"only {len(pairs)} pairs fit the limits", file=sys.stderr)
     data_file = out / "train_pairs.jsonl"
     atomic_write_jsonl(data_file, [p.to_json() for p in pairs])
@@ -210,17 +216,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.from_runs:
         from lldyn.rundir import RunDir
-        from lldyn.train import batch_order, load_run_model
+        from lldyn.train import load_model_or_run
 
         t0 = time.perf_counter()
-        end = load_run_model(args.from_runs[1])
+        end = load_model_or_run(args.from_runs[1])
         after = engine_scores(end.model, end.tokenizer, pairs, score_cfg)
         t_train = time.perf_counter() - t0
-        # The pairs of END_RUN's batches (its one pairwise phase, first epoch, all pairs usable, as in the demo).
-        steps = sum(1 for r in RunDir(args.from_runs[1]).metrics() if r.get("event") == "train")
-        order = batch_order(len(all_pairs), end_cfg.batch_size, end_cfg.seed, 0, 0)[:steps]
-        trained = {all_pairs[i].id for batch in order for i in batch}
-        train_rows = [r for r in RunDir(args.from_runs[1]).metrics() if r.get("event") == "train"]
+        rows = [r for r in RunDir(args.from_runs[1]).metrics() if r.get("event") == "train"]
+        train_rows = [r for r in rows if r.get("phase") not in (None, "sft")] or rows
+        trained = trained_ids(end_cfg, train_rows, phase_index=int(len(train_rows) < len(rows)))
         return finish(args, out, pairs, risks, before, after, train_rows, t_risk, t_train, t_start, trained)
 
     run_dir = out / "run"
@@ -239,6 +243,21 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     train_rows = [r for r in result.run.metrics() if r.get("event") == "train"]
     return finish(args, out, pairs, risks, before, after, train_rows, t_risk, t_train, t_start, None)
+
+
+def trained_ids(cfg, train_rows: list[dict], phase_index: int) -> set[str]:
+    """Ids of the pairs in the batches of a run's preference phase (``train_rows``, one per step), from its
+    own training data and data order (epochs wrap; assumes every pair was usable, as on this data)."""
+    from lldyn.data import load_preferences
+    from lldyn.train import batch_order
+
+    ids = [p.id for p in load_preferences(cfg.data, cfg.split, cfg.limit, skip_invalid=cfg.skip_invalid)]
+    per_epoch = len(ids) // cfg.batch_size
+    trained = set()
+    for k in range(len(train_rows) * cfg.grad_accum):
+        epoch, within = divmod(k, per_epoch)
+        trained.update(ids[i] for i in batch_order(len(ids), cfg.batch_size, cfg.seed, phase_index, epoch)[within])
+    return trained
 
 
 def summarise(rows: list[dict]) -> dict:

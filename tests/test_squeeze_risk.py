@@ -248,3 +248,37 @@ def test_real_hh_pairs_on_smollm2(smollm2):
         assert r.neg_surprise > 0 and 0 < r.neg_top1 <= 1 and r.neg_entropy >= 0
         assert 0 < r.neg_residual <= 0.05 * math.sqrt(2) + 1e-9 and r.risk > 0
         assert math.isfinite(r.ches) and math.isfinite(r.ches_ln)
+
+
+def test_validation_script_from_runs_on_a_tiny_sft_then_dpo_run(tmp_path):
+    """scripts/validate_squeeze_risk.py --from-runs on a one-run SFT → DPO (tiny model): start = the SFT-end
+    checkpoint, end = the run; every pair gets both scores and its change, and the pairs of the DPO phase's
+    batches are marked trained (the rest of --data, here held-out pairs added, untrained)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lldyn.data import load_preferences
+    from lldyn.train import TrainConfig, train
+
+    root = Path(__file__).resolve().parents[1]
+    pairs = load_preferences("builtin:train", limit=10)
+    rows = [{"id": p.id, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = train(TrainConfig(method="sft_dpo", model="tiny-random-llama", data=str(tmp_path / "train.jsonl"),
+                            sft_steps=2, steps=2, batch_size=2, lr=1e-3, max_length=512, max_prompt_tokens=256,
+                            eval_every=0, initial_sample=False, out=str(tmp_path / "run")), progress=False)
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "validate_squeeze_risk.py"), "--from-runs",
+                           str(run.run.path / "checkpoints" / "step-00000002"), str(run.run.path),
+                           "--data", str(tmp_path / "all.jsonl"), "--out", str(tmp_path / "v"), "--permutations", "50"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "v" / "results.json").read_text())
+    per_pair = [json.loads(x) for x in (tmp_path / "v" / "pairs.jsonl").read_text().splitlines()]
+    assert len(per_pair) == results["summary"]["n_pairs"] >= 8
+    assert results["n_trained"] == 4  # two DPO steps of batch 2
+    assert {r["id"] for r in per_pair if r["trained"]} <= {r["id"] for r in rows[:8]}
+    assert {"risk", "ches"} <= set(results["correlations"]) and "untrained" in results
+    assert all(isinstance(r["d_logp_chosen"], float) for r in per_pair)
