@@ -50,6 +50,26 @@ def test_reproduce_configs_complete_shortened(tmp_path, experiment):
         assert run.config()["data"] == str(Path("exp") / "data" / "train.jsonl")
         assert phase_changes(run.path), name
     assert (out / "report.html").is_file()
+    if experiment == "sft":
+        assert not (out / "held_out_dpo.jsonl").exists()
+        return
+    # What the DPO phase did to the held-out prompts: y+, y− and y* at the phase's start and end, per run.
+    rows = [json.loads(x) for x in (out / "held_out_dpo.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * len(held) * len(runs)
+    assert {(r["run"], r["prompt_id"], r["kind"]) for r in rows} == {
+        (name, pid, kind) for name in runs for pid in held for kind in ("chosen", "rejected", "argmax")}
+    from lldyn.commands.reproduce import preference_phase_models
+    from lldyn.data import load_preferences
+    from lldyn.scoring import ScoreRequest, score
+
+    cfg, start, end = preference_phase_models(out / runs[0])
+    first = load_preferences(str(out / "data" / "held_out.jsonl"))[0]
+    for load, key in ((start, "before"), (end, "after")):
+        lm = load()
+        res = score(lm.model, lm.tokenizer, [ScoreRequest(first.prompt, first.chosen)], cfg.scoring())[0]
+        row = next(r for r in rows if r["run"] == runs[0] and r["prompt_id"] == first.id and r["kind"] == "chosen")
+        assert row[key] == pytest.approx(res.logp, abs=1e-4)
+    assert "held-out prompts (never trained on), over the DPO phase" in proc.stdout
 
 
 def test_reproduce_ships_gpu_configs_with_the_papers_hyperparameters():

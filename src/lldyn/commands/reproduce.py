@@ -75,6 +75,64 @@ def resolve_config(name: str | None, experiment: str) -> Path:
 
 
 QUICK = {"steps": 3, "sft_steps": 2, "eval_every": 2, "batch_size": 2}
+HELD_OUT_FILE = "held_out_dpo.jsonl"
+KINDS = ("chosen", "rejected", "argmax")
+
+
+def preference_phase_models(run_dir: str | Path):
+    """(start, end) loaders of a run's preference phase: the SFT phase's last checkpoint (or, for a run
+    that starts with DPO, its starting model) and the run's final checkpoint. Loaded one at a time."""
+    import json
+
+    from lldyn.checkpoint import list_checkpoints
+    from lldyn.config import build_config
+    from lldyn.rundir import RunDir
+    from lldyn.train import TrainConfig, load_run_model, load_start_model
+
+    run = RunDir(run_dir)
+    cfg = build_config(TrainConfig, {k: v for k, v in run.config().items() if k not in ("kind", "lldyn_version")})
+    ckpts = list_checkpoints(run.checkpoints)
+    sft_ends = [c for c in ckpts if json.loads((c / "state.json").read_text()).get("phase_name") == "sft"]
+    if cfg.method in ("sft_dpo", "extend") and not sft_ends:
+        from lldyn.errors import LldynError
+
+        raise LldynError("the SFT phase's last checkpoint is gone (pruned by keep_checkpoints), so the start of the "
+                         "DPO phase cannot be scored", file=str(run.checkpoints),
+                         expected="a run with its phase-end checkpoints (the reproduce configs keep them)")
+    start = (lambda: load_run_model(run.path, sft_ends[-1])) if sft_ends else (lambda: load_start_model(cfg))
+    return cfg, start, (lambda: load_run_model(run.path, ckpts[-1]))
+
+
+def held_out_dpo_changes(run_dir: str | Path, held_out: str | Path) -> list[dict]:
+    """log π of the held-out pairs' y+, y− and y* (the argmax along y+) at the start and the end of a run's
+    preference phase: what DPO did to prompts it never trained on (paper Sec. 4.2, where each probe is one
+    of thousands of training prompts, so the other examples' updates are what move it)."""
+    import gc
+
+    from lldyn.data import load_preferences
+    from lldyn.scoring import ScoreRequest, score
+
+    pairs = load_preferences(str(held_out))
+    cfg, *loaders = preference_phase_models(run_dir)
+    values = []
+    for load in loaders:
+        lm = load()
+        res = score(lm.model, lm.tokenizer, [ScoreRequest(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)],
+                    cfg.scoring())
+        values.append([(res[2 * i].logp, res[2 * i + 1].logp, res[2 * i].argmax_logp) for i in range(len(pairs))])
+        del lm
+        gc.collect()
+    return [{"run": Path(run_dir).name, "prompt_id": p.id, "kind": kind, "before": b[k], "after": a[k],
+             "change": a[k] - b[k]} for p, b, a in zip(pairs, *values) for k, kind in enumerate(KINDS)]
+
+
+def describe_held_out(rows: list[dict]) -> str:
+    """``chosen -10.9 (2/30 up), rejected -12.1 (1/30 up), argmax +7.1 (30/30 up)``: mean change and how many rose."""
+    parts = []
+    for kind in KINDS:
+        changes = [r["change"] for r in rows if r["kind"] == kind]
+        parts.append(f"{kind} {sum(changes) / len(changes):+.2f} ({sum(c > 0 for c in changes)}/{len(changes)} up)")
+    return ", ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,6 +198,13 @@ def run(args: argparse.Namespace) -> int:
     for cfg in configs:
         for change in phase_changes(cfg.out):
             print(f"  [{Path(cfg.out).name}] " + describe(change))
+    preference_runs = [c for c in configs if c.method != "sft"]
+    if preference_runs:
+        held = [row for c in preference_runs for row in held_out_dpo_changes(c.out, out / "data" / "held_out.jsonl")]
+        atomic_write_jsonl(out / HELD_OUT_FILE, held)
+        print("\nThe held-out prompts (never trained on), over the DPO phase (mean change of log π, nats):")
+        for c in preference_runs:
+            print(f"  [{Path(c.out).name}] " + describe_held_out([r for r in held if r["run"] == Path(c.out).name]))
     if args.experiment == "extend":
         print(f"\njudge them: lldyn judge --a {configs[1].out} --b {configs[0].out} --prompts {out / 'data' / 'held_out.jsonl'}"
               f" --judge hf:MODEL|openai:MODEL --out {out / 'judge'}")
