@@ -12,6 +12,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass, field
 from typing import Any
 
 from lldyn.errors import LldynError
@@ -75,3 +76,28 @@ def chat_completion(url: str, model: str, messages: list[dict[str, str]], *, api
         raise LldynError(f"unexpected answer from {what} endpoint (no choices[0].message.content)", file=where,
                          field="base-url", expected="an OpenAI-compatible chat completion") from None
     return content if isinstance(content, str) else ""
+
+
+@dataclass
+class ChatEndpoint:
+    """An OpenAI-compatible endpoint as the judge and the rephraser use it: ``model`` at ``base_url`` (default
+    ``$OPENAI_BASE_URL`` or OpenAI's), the key in ``$api_key_env``. ``what``/``flag`` name it in errors."""
+
+    model: str
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    max_tokens: int = 128
+    timeout: float = 120.0
+    what: str = "judge"
+    flag: str = "judge"
+    url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise LldynError("missing model name", field=self.flag, expected="openai:MODEL, e.g. openai:gpt-4o-mini")
+        self.url = chat_completions_url(self.base_url)
+        self.base_url = public_url(self.url)  # nothing that may hold a credential is kept
+
+    def complete(self, messages: list[dict[str, str]]) -> str:
+        return chat_completion(self.url, self.model, messages, api_key_env=self.api_key_env,
+                               max_tokens=self.max_tokens, timeout=self.timeout, what=self.what, field=self.flag)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 from lldyn.data import Prompt
-from lldyn.endpoint import chat_completion, chat_completions_url, public_url
+from lldyn.endpoint import ChatEndpoint, public_url
 from lldyn.errors import LldynError
 
 # The paper's judge instruction (Ren & Sutherland, Appendix; the authors' evaluation notebook, which
@@ -217,18 +217,13 @@ class OpenAIJudge(PreferenceSource):
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  max_tokens: int = 128, timeout: float = 120.0) -> None:
-        if not model:
-            raise LldynError("missing model name", field="judge", expected="openai:MODEL, e.g. openai:gpt-4o-mini")
-        self.model = model
+        self.endpoint = ChatEndpoint(model, base_url, api_key_env, max_tokens, timeout, what="judge", flag="judge")
         self.name = f"openai:{model}"
-        self.url = chat_completions_url(base_url)
-        self.api_key_env = api_key_env
-        self.max_tokens = max_tokens
-        self.timeout = timeout
+        self.url = self.endpoint.url
 
     def describe(self) -> dict[str, Any]:
-        return {"judge": self.name, "base_url": public_url(self.url), "api_key_env": self.api_key_env,
-                "judge_max_tokens": self.max_tokens}
+        return {"judge": self.name, "base_url": public_url(self.url), "api_key_env": self.endpoint.api_key_env,
+                "judge_max_tokens": self.endpoint.max_tokens}
 
     def ping(self, timeout: float = 10.0) -> None:
         """Fail early, before any model is loaded, when nothing listens at the endpoint's host and port."""
@@ -240,11 +235,6 @@ class OpenAIJudge(PreferenceSource):
             raise LldynError(f"cannot reach judge endpoint: {err.strerror or err}", file=public_url(self.url),
                              field="base-url", expected="a running OpenAI-compatible server (--base-url)") from None
 
-    def complete(self, messages: list[dict[str, str]]) -> str:
-        """The endpoint's reply text; LldynError on any transport problem (:func:`lldyn.endpoint.chat_completion`)."""
-        return chat_completion(self.url, self.model, messages, api_key_env=self.api_key_env,
-                               max_tokens=self.max_tokens, timeout=self.timeout, what="judge", field="judge")
-
     def judge_batch(self, items: Sequence[tuple[Prompt, str, str]], progress: bool = False) -> list[Judgement]:
         loop: Any = items
         if progress:
@@ -253,7 +243,7 @@ class OpenAIJudge(PreferenceSource):
             loop = tqdm(items, desc="judging", unit="pair")
         out = []
         for item in loop:
-            reply = self.complete(_judge_messages(*item))
+            reply = self.endpoint.complete(_judge_messages(*item))
             out.append(Judgement(parse_judgement(reply), reply))
         return out
 

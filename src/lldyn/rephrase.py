@@ -27,7 +27,7 @@ import re
 from typing import Any, NamedTuple, Sequence
 
 from lldyn.data import PreferenceExample
-from lldyn.endpoint import chat_completion, chat_completions_url, public_url
+from lldyn.endpoint import ChatEndpoint, public_url
 from lldyn.errors import LldynError
 
 INSTRUCTIONS = {
@@ -214,19 +214,13 @@ class OpenAIRephraser:
 
     def __init__(self, model: str, base_url: str | None, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 60.0, max_tokens: int = 200) -> None:
-        if not model:
-            raise LldynError("missing model name", field="rephraser", expected="openai:MODEL")
-        self.model = model
+        self.endpoint = ChatEndpoint(model, base_url, api_key_env, max_tokens, timeout, what="rephrase",
+                                     flag="rephraser")
         self.name = f"openai:{model}"
-        self.url = chat_completions_url(base_url)
-        self.api_key_env = api_key_env
-        self.timeout = timeout
-        self.max_tokens = max_tokens
+        self.url = self.endpoint.url
 
     def complete(self, message: str) -> str:
-        return chat_completion(self.url, self.model, [{"role": "user", "content": message}],
-                               api_key_env=self.api_key_env, max_tokens=self.max_tokens, timeout=self.timeout,
-                               what="rephrase", field="rephraser")
+        return self.endpoint.complete([{"role": "user", "content": message}])
 
     def rephrase(self, requests: Sequence[RephraseRequest], progress: bool = False) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
