@@ -51,6 +51,9 @@ def test_rows_have_the_columns_and_equal_the_engine(tiny_fresh, probes, tmp_path
     tracker = Tracker(lm.model, lm.tokenizer, probes, run=tmp_path / "run", generation_config=GEN)
     tracker.track(0)
     run = RunDir(tmp_path / "run")
+    config = run.config()  # a bare path still gets a config.json that describes the tracking
+    assert config["kind"] == "tracker" and config["every"] == 20 and config["score"]["max_length"] == 1024
+    assert config["probes_sha256"] == probes.without_families(["initial_sample"]).fingerprint()
     rows = run.probe_table()
     for r in rows:
         assert {"step", "prompt_id", "family", "logp", "n_tokens"} <= set(r)

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from lldyn.errors import LldynError
-from lldyn.io import atomic_write_jsonl, read_jsonl
+from lldyn.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 from lldyn.probes import FAMILIES, Probe, ProbeSet
-from lldyn.rundir import PROBES, RunDir
+from lldyn.rundir import CONFIG, PROBES, RunDir
 from lldyn.scoring import ScoreConfig, ScoreRequest, argmax_text, score
 
 INITIAL_SAMPLES = "initial_samples.jsonl"
@@ -155,6 +155,17 @@ class Tracker:
         elif self.rank == 0:
             self.run.path.mkdir(parents=True, exist_ok=True)
             static.save(path)
+        if self.rank == 0 and not (self.run.path / CONFIG).is_file():
+            # a directory handed over as a bare path still describes itself (lldyn train and the TRL callback
+            # write their own, fuller config.json first)
+            import dataclasses
+
+            import lldyn
+
+            atomic_write_json(self.run.path / CONFIG, {
+                "kind": "tracker", "lldyn_version": lldyn.__version__, "every": self.every,
+                "initial_sample": self.want_initial_sample, "probes_sha256": static.fingerprint(),
+                "score": dataclasses.asdict(self.score_config)})
         samples = self.run.path / INITIAL_SAMPLES
         if samples.is_file() and not any(p.family == "initial_sample" for p in self.probes):
             self.probes = self.probes.with_probes(
