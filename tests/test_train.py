@@ -68,6 +68,32 @@ def test_dpo_loss_at_step_two_matches_hand_computation(tmp_path):
     assert rows[1]["loss"] != pytest.approx(math.log(2), abs=1e-3)  # the check is not vacuous
 
 
+def test_shared_prompt_forward_gives_the_full_sequences_loss_and_gradient(monkeypatch):
+    """A preference batch runs each prompt once (y+ and y− continue from its cached keys/values): loss,
+    log-probs and every parameter's gradient equal the full-sequence forward's."""
+    import lldyn.train as T
+
+    cfg = TrainConfig(**{**TINY, "method": "dpo", "beta": 0.3, "out": "unused"})
+    lm = load_model(ModelConfig(name="tiny-random-llama"))
+    pairs, sft = load_training_data(cfg)
+    examples = encode_phase_data(phases(cfg)[0], pairs, sft, Encoder(lm.tokenizer, cfg.scoring()), cfg.data)[:4]
+    ref = {e.id: (-2.0 * i, -300.0 + 3.0 * i) for i, e in enumerate(examples)}
+    params = list(lm.model.parameters())
+    results = []
+    for shared in (True, False):
+        if not shared:
+            monkeypatch.setattr(T, "shared_prompt_logps", lambda *a, **k: None)
+        out = T.pair_step(lm.model, examples, lm.tokenizer.pad_token_id, cfg, "dpo", ref, scale=1.0)
+        results.append((out, torch.autograd.grad(out.loss, params, allow_unused=True)))
+    (a, ga), (b, gb) = results
+    assert a.loss.item() == pytest.approx(b.loss.item(), abs=1e-6)
+    assert a.stats["chosen_logp"] == pytest.approx(b.stats["chosen_logp"], abs=1e-4)
+    num = sum(float((x - y).norm() ** 2) for x, y in zip(ga, gb) if x is not None) ** 0.5
+    den = sum(float(y.norm() ** 2) for y in gb if y is not None) ** 0.5
+    assert den > 0 and num / den < 1e-5
+    assert all((x is None) == (y is None) for x, y in zip(ga, gb))
+
+
 @pytest.mark.parametrize("kind", ["dpo", "ipo", "slic", "simpo"])
 def test_gradient_equals_sum_of_residual_weighted_logp_gradients(kind):
     """∇θ(batch loss) by autograd of the pure loss = Σ_terms weight · ∇θ log π(y) (the UpdateTerms the hooks see)."""

@@ -422,7 +422,8 @@ def _prompt_forward(model: Any, prompts: Sequence[tuple[int, ...]], pad_id: int)
 
 
 def _response_forward(model: Any, state: _PromptState, owner: torch.Tensor,
-                      responses: Sequence[tuple[int, ...]], pad_id: int, chunk_size: int) -> TokenStats:
+                      responses: Sequence[tuple[int, ...]], pad_id: int, chunk_size: int,
+                      with_stats: bool = True) -> TokenStats:
     """Score ``responses`` (R of them, right-padded) continuing the cached prompts ``owner`` (R,)."""
     from transformers import DynamicCache
 
@@ -443,7 +444,25 @@ def _response_forward(model: Any, state: _PromptState, owner: torch.Tensor,
     hidden = model.get_decoder()(input_ids=ids, attention_mask=torch.cat([prompt_mask, att], dim=1), position_ids=pos,
                                  past_key_values=cache, use_cache=True).last_hidden_state  # (R, Lr, H)
     aligned = torch.cat([state.last_hidden.index_select(0, owner)[:, None], hidden[:, :-1]], dim=1)
-    return token_stats(output_head(model), aligned, ids, att.bool(), True, chunk_size)
+    return token_stats(output_head(model), aligned, ids, att.bool(), with_stats, chunk_size)
+
+
+def shared_prompt_logps(model: Any, pairs: Sequence[EncodedPair], pad_id: int,
+                        chunk_size: int = 512) -> TokenStats | None:
+    """Differentiable :func:`sequence_logps` of ``pairs`` (B,) whose prompts repeat (a preference batch: each
+    prompt with its y+ and its y−): every distinct prompt runs forward once, and its responses continue from
+    its cached keys/values, through which their gradients flow back into the one prompt pass. Same values and
+    gradients as the full sequences (tested), without running each prompt once per response.
+
+    Returns TokenStats (B, T) in the order of ``pairs``, or None for a model whose cache cannot be sliced.
+    """
+    index: dict[tuple[int, ...], int] = {}
+    owner = [index.setdefault(p.prompt_ids, len(index)) for p in pairs]
+    state = _prompt_forward(model, list(index), pad_id)
+    if state is None:
+        return None
+    return _response_forward(model, state, torch.tensor(owner, dtype=torch.long), [p.response_ids for p in pairs],
+                             pad_id, chunk_size, with_stats=False)
 
 
 def _stats_batches(model: Any, encoded: Sequence[EncodedPair], pad_id: int, config: ScoreConfig):

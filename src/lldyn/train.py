@@ -49,7 +49,8 @@ from lldyn.errors import LldynError
 from lldyn.io import atomic_write_jsonl, read_jsonl
 from lldyn.losses import PREFERENCE_LOSSES, preference_loss, sft_loss
 from lldyn.rundir import RunDir
-from lldyn.scoring import Encoder, EncodedPair, ScoreConfig, ScoreRequest, collate, score, sequence_logps
+from lldyn.scoring import (Encoder, EncodedPair, ScoreConfig, ScoreRequest, collate, score, sequence_logps,
+                           shared_prompt_logps)
 
 METHODS = ("sft", "dpo", "ipo", "slic", "simpo", "extend", "sft_dpo")
 OPTIMIZERS = ("adamw", "rmsprop", "sgd")
@@ -303,8 +304,11 @@ def pair_step(model: Any, batch: Sequence[Example], pad_id: int, cfg: TrainConfi
               ref: dict[str, tuple[float, float]] | None, scale: float) -> StepOutput:
     """Mean preference loss of a micro-batch: chosen and rejected in one forward pass."""
     n = len(batch)
-    tb = collate([e.chosen_ids for e in batch] + [e.rejected_ids for e in batch], pad_id).to(cfg.device)  # type: ignore[misc]
-    st = sequence_logps(model, tb)
+    encoded = [e.chosen_ids for e in batch] + [e.rejected_ids for e in batch]
+    # y+ and y− share their prompt: it runs forward (and backward) once, not twice
+    st = shared_prompt_logps(model, encoded, pad_id) if cfg.scoring().prefix_sharing else None  # type: ignore[arg-type]
+    if st is None:
+        st = sequence_logps(model, collate(encoded, pad_id).to(cfg.device))  # type: ignore[arg-type]
     logps, lens = st.logps, st.n_tokens
     ref_c = ref_r = None
     if kind != "simpo":
