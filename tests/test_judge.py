@@ -211,6 +211,29 @@ def test_hf_judge_on_identical_responses_is_a_tie():
     assert result.win_rate == 0.5 and result.ci_low <= 0.5 <= result.ci_high
 
 
+def test_logprob_judge_is_the_engines_forced_choice_between_the_verdict_lines():
+    """--judge-mode logprob: the likelier of 'More helpful: A' / 'More helpful: B' as the judge's reply to the
+    instruction wins; both log-probs are in the raw text; identical responses give exactly 0.5."""
+    from lldyn.judge import VERDICTS, _judge_messages
+    from lldyn.scoring import ScoreRequest, score
+
+    source = load_preference_source("hf:tiny-random-llama", judge_mode="logprob")
+    items = [("2+2?", "4", "5"), ("Capital of France?", "Paris.", "I like turtles.")]
+    judged = source.judge_batch(items)
+    for item, j in zip(items, judged):
+        la, lb = (r.logp for r in score(source.lm.model, source.lm.tokenizer,
+                                        [ScoreRequest(_judge_messages(*item), v) for v in VERDICTS]))
+        assert j.choice == (0 if la > lb else 1)
+        assert f"{la:.4f}" in j.raw_text and f"{lb:.4f}" in j.raw_text
+    pairs = judge_both_orders(source, [("2+2?", "4", "4")])
+    assert win_rate(pairs).win_rate == 0.5 and pairs[0].ab.choice is not None
+    assert source.describe()["judge_mode"] == "logprob"
+    with pytest.raises(LldynError, match="needs a local judge"):
+        load_preference_source("openai:m", judge_mode="logprob")
+    with pytest.raises(LldynError, match="unknown judge mode"):
+        load_preference_source("hf:tiny-random-llama", judge_mode="vibes")
+
+
 # --------------------------------------------------------------------------- prompts and models
 
 

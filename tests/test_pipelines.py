@@ -70,6 +70,8 @@ def test_reproduce_configs_complete_shortened(tmp_path, experiment):
         row = next(r for r in rows if r["run"] == runs[0] and r["prompt_id"] == first.id and r["kind"] == "chosen")
         assert row[key] == pytest.approx(res.logp, abs=1e-4)
     assert "held-out prompts (never trained on), over the DPO phase" in proc.stdout
+    assert (out / "figures" / "held_out_dpo.png").read_bytes().startswith(b"\x89PNG")
+    assert "Held-out prompts over the DPO phase" in (out / "report.html").read_text()
 
 
 def test_reproduce_ships_gpu_configs_with_the_papers_hyperparameters():

@@ -180,20 +180,37 @@ def _judge_messages(prompt: Prompt, response_a: str, response_b: str) -> list[di
             {"role": "user", "content": judge_message(prompt, response_a, response_b)}]
 
 
+JUDGE_MODES = ("generate", "logprob")
+# The forced choice of a log-prob judge: its answer, after the instruction, as the verdict line alone.
+VERDICTS = ("More helpful: A", "More helpful: B")
+
+
 class HFJudge(PreferenceSource):
-    """A local chat model judges with the paper's instruction, greedy (``lldyn.generation.generate``)."""
+    """A local chat model judges with the paper's instruction.
+
+    ``mode="generate"`` (default): it answers greedily (``lldyn.generation.generate``) and the answer is
+    parsed (:func:`parse_judgement`). ``mode="logprob"``: a forced choice for judges too small to follow the
+    answer format — the one engine scores the two verdict lines :data:`VERDICTS` as the judge's reply and
+    the likelier one wins (equal: a tie); the raw text records both log-probabilities. It skips the
+    comparison sentence the instruction asks for, so it measures the judge's preference, not its reasoning.
+    """
 
     def __init__(self, model_name: str, max_new_tokens: int = 128, batch_size: int = 4,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, mode: str = "generate") -> None:
         from lldyn.models import EMBEDDED_ALIAS
 
+        if mode not in JUDGE_MODES:
+            raise LldynError(f"unknown judge mode {mode!r}", field="judge-mode", expected=" or ".join(JUDGE_MODES))
         self.model_name = model_name or EMBEDDED_ALIAS
         self.name = f"hf:{self.model_name}"
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        self.mode = mode
         self.lm = load_model_or_run(self.model_name, trust_remote_code)
 
     def judge_batch(self, items: Sequence[tuple[Prompt, str, str]], progress: bool = False) -> list[Judgement]:
+        if self.mode == "logprob":
+            return self._forced_choice(items, progress)
         from lldyn.generation import GenerationConfig, generate
 
         positions = getattr(self.lm.model.config, "max_position_embeddings", None) or 4096
@@ -204,8 +221,26 @@ class HFJudge(PreferenceSource):
                            progress=progress)
         return [Judgement(parse_judgement(r), r) for r in replies]
 
+    def _forced_choice(self, items: Sequence[tuple[Prompt, str, str]], progress: bool) -> list[Judgement]:
+        from lldyn.scoring import ScoreConfig, ScoreRequest, score
+
+        positions = getattr(self.lm.model.config, "max_position_embeddings", None) or 4096
+        # Long histories lose their start (prompts keep their end): the instruction and the format stay.
+        cfg = ScoreConfig(max_length=positions, max_prompt_tokens=positions - 16)
+        requests = [ScoreRequest(_judge_messages(*item), verdict) for item in items for verdict in VERDICTS]
+        res = score(self.lm.model, self.lm.tokenizer, requests, cfg, progress=progress)
+        out = []
+        for i in range(len(items)):
+            la, lb = res[2 * i].logp, res[2 * i + 1].logp
+            choice = None if la == lb else (0 if la > lb else 1)
+            out.append(Judgement(choice, f"forced choice: log π({VERDICTS[0]!r}) = {la:.4f}, "
+                                         f"log π({VERDICTS[1]!r}) = {lb:.4f}"))
+        return out
+
     def describe(self) -> dict[str, Any]:
-        return {"judge": self.name, "judge_max_tokens": self.max_new_tokens}
+        if self.mode == "logprob":
+            return {"judge": self.name, "judge_mode": "logprob", "verdicts": list(VERDICTS)}
+        return {"judge": self.name, "judge_mode": "generate", "judge_max_tokens": self.max_new_tokens}
 
 
 class OpenAIJudge(PreferenceSource):
@@ -287,16 +322,21 @@ class RewardFunctionSource(PreferenceSource):
 
 
 def load_preference_source(spec: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY", *,
-                           max_tokens: int = 128, trust_remote_code: bool = False) -> PreferenceSource:
+                           max_tokens: int = 128, trust_remote_code: bool = False,
+                           judge_mode: str = "generate") -> PreferenceSource:
     """``hf:MODEL`` | ``openai:MODEL`` | ``module:function`` → a :class:`PreferenceSource` (see module doc).
 
     ``max_tokens`` bounds a model judge's answer (the comparison sentence and the verdict);
-    ``trust_remote_code`` is passed to a local judge model's loader.
+    ``trust_remote_code`` is passed to a local judge model's loader; ``judge_mode`` (``generate`` or
+    ``logprob``, local judges only) see :class:`HFJudge`.
     """
     spec = (spec or "").strip()
     kind, sep, rest = spec.partition(":")
+    if judge_mode != "generate" and kind != "hf" and spec != "hf":
+        raise LldynError(f"judge mode {judge_mode!r} needs a local judge", field="judge-mode",
+                         expected="--judge hf:MODEL, or --judge-mode generate")
     if spec == "hf" or kind == "hf":
-        return HFJudge(rest, max_new_tokens=max_tokens, trust_remote_code=trust_remote_code)
+        return HFJudge(rest, max_new_tokens=max_tokens, trust_remote_code=trust_remote_code, mode=judge_mode)
     if kind == "openai":
         return OpenAIJudge(rest, base_url, api_key_env, max_tokens=max_tokens)
     if sep and rest.isidentifier() and kind and all(p.isidentifier() for p in kind.split(".")):

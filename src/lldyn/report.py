@@ -257,6 +257,63 @@ def plot_squeeze(runs: Sequence[RunData], path: str | Path) -> Path | None:
     return path
 
 
+HELD_OUT_FIGURE = "held_out_dpo.png"
+HELD_OUT_KINDS = (("chosen", "y+"), ("rejected", "y−"), ("argmax", "y*"))
+
+
+def plot_held_out(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Per run, the change of log π(y+), log π(y−) and log π(y*) of held-out prompts over a DPO phase:
+    mean (bar) and inter-quartile range (whiskers). ``rows``: ``{"run", "kind", "change"}`` (as written by
+    ``lldyn reproduce``: :func:`lldyn.commands.reproduce.held_out_dpo_changes`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.7 * len(HELD_OUT_KINDS), 2.9))
+    width = 0.8 / max(1, len(runs))
+    for i, run in enumerate(runs):
+        for k, (kind, _) in enumerate(HELD_OUT_KINDS):
+            vals = sorted(r["change"] for r in rows if r["run"] == run and r["kind"] == kind)
+            if not vals:
+                continue
+            mean, lo, hi = sum(vals) / len(vals), _quantile(vals, 0.25), _quantile(vals, 0.75)
+            x = k + (i - (len(runs) - 1) / 2) * width
+            ax.bar(x, mean, width * 0.9, color=f"C{i % 10}", label=run if k == 0 else None)
+            ax.errorbar(x, mean, yerr=[[max(0.0, mean - lo)], [max(0.0, hi - mean)]], color="0.2", capsize=3, lw=1)
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_xticks(range(len(HELD_OUT_KINDS)), [f"Δ log π({name})" for _, name in HELD_OUT_KINDS], fontsize=8)
+    ax.set_ylabel("nats, over the DPO phase", fontsize=8)
+    ax.set_title("held-out prompts (never trained on): mean and IQR", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def held_out_section(rows: Sequence[dict[str, Any]], figures: str | Path) -> tuple[str, str]:
+    """A report section (title, html) for held-out prompts over a DPO phase: the figure and a table."""
+    figure = plot_held_out(rows, Path(figures) / HELD_OUT_FIGURE)
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    head = "".join(f"<th>Δ log π({html.escape(name)})</th>" for _, name in HELD_OUT_KINDS)
+    body = ""
+    for run in runs:
+        cells = ""
+        for kind, _ in HELD_OUT_KINDS:
+            vals = [r["change"] for r in rows if r["run"] == run and r["kind"] == kind]
+            cells += (f"<td>{_fmt(sum(vals) / len(vals))} ({sum(v > 0 for v in vals)}/{len(vals)} up)</td>"
+                      if vals else "<td>–</td>")
+        body += f"<tr><td>{html.escape(run)}</td>{cells}</tr>"
+    return ("Held-out prompts over the DPO phase",
+            _img(figure, "change of log π over the DPO phase on prompts no run trained on")
+            + f"<table><tr><th>run</th>{head}</tr>{body}</table>")
+
+
 # --------------------------------------------------------------------------- HTML
 
 

@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="judge only the first N prompts")
     p.add_argument("--max-new-tokens", type=int, default=128, help="response length budget for A and B")
     p.add_argument("--judge-max-tokens", type=int, default=128, help="answer length budget for a model judge")
+    p.add_argument("--judge-mode", choices=("generate", "logprob"), default="generate",
+                   help="generate: the judge answers and its verdict is parsed (the paper's way); logprob: a local "
+                        "judge's forced choice between the two verdict lines, by log-probability (for judges too "
+                        "small to follow the answer format)")
     p.add_argument("--batch-size", type=int, default=8, help="generation batch size")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the interval")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (generation is greedy)")
@@ -68,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     prompts = load_prompts(args.prompts, args.split, args.limit)
     source = load_preference_source(args.judge, args.base_url, args.api_key_env, max_tokens=args.judge_max_tokens,
-                                    trust_remote_code=args.trust_remote_code)
+                                    trust_remote_code=args.trust_remote_code, judge_mode=args.judge_mode)
     if hasattr(source, "ping"):
         source.ping()  # an unreachable endpoint fails before any generation
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)

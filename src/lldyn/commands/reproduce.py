@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     from lldyn.io import atomic_write_jsonl
     from lldyn.probes import build_probes, load_sentences, probe_set_summary, split_held_out
     from lldyn.rephrase import make_rephraser
-    from lldyn.report import write_report
+    from lldyn.report import held_out_section, write_report
+    from lldyn.rundir import FIGURES
     from lldyn.summary import describe, phase_changes
     from lldyn.train import TrainConfig, is_run_dir, train
 
@@ -193,15 +194,17 @@ def run(args: argparse.Namespace) -> int:
     for cfg in configs:
         print(f"\n== {Path(cfg.out).name}: {cfg.method} on {cfg.model} → {cfg.out}")
         train(cfg, resume=is_run_dir(cfg.out))
-    report = write_report([c.out for c in configs], out, title=f"lldyn reproduce {args.experiment} ({path.name})")
+    preference_runs = [c for c in configs if c.method != "sft"]
+    held = [row for c in preference_runs for row in held_out_dpo_changes(c.out, out / "data" / "held_out.jsonl")]
+    if held:
+        atomic_write_jsonl(out / HELD_OUT_FILE, held)
+    report = write_report([c.out for c in configs], out, title=f"lldyn reproduce {args.experiment} ({path.name})",
+                          extra_sections=[held_out_section(held, out / FIGURES)] if held else ())
     print("\nWhat moved (mean over probe prompts, log π in nats):")
     for cfg in configs:
         for change in phase_changes(cfg.out):
             print(f"  [{Path(cfg.out).name}] " + describe(change))
-    preference_runs = [c for c in configs if c.method != "sft"]
-    if preference_runs:
-        held = [row for c in preference_runs for row in held_out_dpo_changes(c.out, out / "data" / "held_out.jsonl")]
-        atomic_write_jsonl(out / HELD_OUT_FILE, held)
+    if held:
         print("\nThe held-out prompts (never trained on), over the DPO phase (mean change of log π, nats):")
         for c in preference_runs:
             print(f"  [{Path(c.out).name}] " + describe_held_out([r for r in held if r["run"] == Path(c.out).name]))
