@@ -15,7 +15,7 @@ On SmolLM2-135M-Instruct and real HH-RLHF pairs (``../shared/data/hh-rlhf``):
 With ``--from-runs START END`` nothing is trained: the start model is START's (a run directory's final
 model, or one checkpoint ``RUN/checkpoints/step-N``: END's starting point and DPO reference) and the end
 model END's; the pairs are END's training data (``--data`` overrides, e.g. with held-out pairs added),
-all of them that fit END's max length untruncated unless ``--pairs``. This validates the score on a run
+all of them unless ``--pairs``, scored with END's truncation policy as END trained on them. This validates the score on a run
 that squeezes, e.g. the demo's ``runs/demo/sft`` and ``runs/demo/dpo``, or the DPO phase of a one-run
 SFT → DPO (START = its SFT-end checkpoint, END = the run); each row also says whether the pair was in one
 of the batches of END's preference phase.
@@ -83,17 +83,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def select_pairs(pairs, encoder, n: int | None, max_prompt: int, max_response: int):
-    """The first ``n`` (None: all) pairs that the encoder's config scores untruncated, whose responses have
-    at most ``max_response`` tokens, and whose two responses differ."""
+def select_pairs(pairs, encoder, n: int | None, max_prompt: int, max_response: int, untruncated: bool = True):
+    """The first ``n`` (None: all) pairs whose two responses differ and, with ``untruncated``, that the
+    encoder's config scores untruncated with at most ``max_response`` response tokens. Without it (a run's
+    own pairs) pairs are taken as the run trained on them, cut by its truncation policy."""
     chosen = []
     for p in pairs:
         if p.chosen.strip() == p.rejected.strip():
             continue
-        if len(encoder.prompt(p.prompt)) > max_prompt:
-            continue
         encoded = [encoder.pair(p.prompt, r) for r in (p.chosen, p.rejected)]
-        if any(e.truncated or len(e.response_ids) > max_response for e in encoded):
+        if untruncated and (len(encoder.prompt(p.prompt)) > max_prompt
+                            or any(e.truncated or len(e.response_ids) > max_response for e in encoded)):
             continue
         chosen.append(p)
         if len(chosen) == n:
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         lm = load_model_or_run(args.from_runs[0])
         all_pairs = load_preferences(args.data, end_cfg.split, None, skip_invalid=True)
         pairs = select_pairs(all_pairs, Encoder(lm.tokenizer, score_cfg), args.pairs, args.max_prompt_tokens,
-                             args.max_response_tokens)
+                             args.max_response_tokens, untruncated=False)
     else:
         args.pairs = args.pairs or 48
         lm = load_model(ModelConfig(name=args.model))
@@ -204,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"only {len(pairs)} pairs fit the limits", file=sys.stderr)
     data_file = out / "train_pairs.jsonl"
     atomic_write_jsonl(data_file, [p.to_json() for p in pairs])
-    print(f"{len(pairs)} pairs selected from {len(all_pairs)} (prompt <= {args.max_prompt_tokens}, "
-          f"responses <= {args.max_response_tokens} tokens)", flush=True)
+    limits = (f"max length {max_length}, prompts cut to {args.max_prompt_tokens} tokens" if args.from_runs else
+              f"prompt <= {args.max_prompt_tokens}, responses <= {args.max_response_tokens} tokens, untruncated")
+    print(f"{len(pairs)} pairs selected from {len(all_pairs)} ({limits})", flush=True)
 
     t0 = time.perf_counter()
     risks = squeeze_risk(lm.model, lm.tokenizer, pairs, SqueezeRiskConfig(beta=args.beta, score=score_cfg))
