@@ -11,14 +11,13 @@ checks lldyn agrees with (a), and measures peak memory (RSS above the loaded mod
 fresh subprocess) of scoring vs the bare forward at sequence length 512. Goals (issue 3): ≥ 8× (a),
 ≥ 1.0× (b), memory ≤ 1.3× (b). Prints every number and ratio; asserts nothing.
 
-    python bench/scoring.py [--prompts 64] [--per-prompt 13]
+    python bench/scoring.py [--prompts 64] [--per-prompt 13] [--data builtin|FILE]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -33,8 +32,8 @@ from lldyn.scoring import Encoder, ScoreConfig, ScoreRequest, score  # noqa: E40
 from lldyn.testing import naive_logp  # noqa: E402
 
 
-def build_requests(n_prompts: int, per_prompt: int) -> list[ScoreRequest]:
-    pairs = load_preferences("builtin")
+def build_requests(n_prompts: int, per_prompt: int, data: str = "builtin") -> list[ScoreRequest]:
+    pairs = load_preferences(data, skip_invalid=True)
     pairs = pairs[: max(n_prompts, per_prompt)]
     pool = [r for p in pairs for r in (p.chosen, p.rejected)]
     reqs = []
@@ -75,21 +74,44 @@ def memory_child(kind: str) -> None:
         prompt_ids = enc.prompt(filler + " " + str(p.prompt))[-448:]
         resp = (enc.pair(p.prompt, p.chosen + " " + filler).response_ids)[:64]
         encoded.append(type(enc.pair("a", "b"))(tuple(prompt_ids), tuple(resp)))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # The process's lifetime peak (ru_maxrss) can come from loading the model; sample the RSS while the
+    # workload runs instead, every millisecond, and report its peak above the RSS just before it.
+    import gc
+    import threading
+
+    import psutil
+
+    gc.collect()
+    proc = psutil.Process()
+    base = peak = proc.memory_info().rss
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, proc.memory_info().rss)
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     if kind == "score":
         from lldyn.scoring import score_encoded
 
         score_encoded(lm.model, encoded, tok.pad_token_id, ScoreConfig(max_length=2048))
     else:
         bare_forward(lm.model, encoded, tok.pad_token_id, batch=8)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"kind": kind, "peak_growth_mib": (peak - base) / 1024}))
+    done.set()
+    sampler.join()
+    print(json.dumps({"kind": kind, "peak_growth_mib": (peak - base) / 2**20}))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--per-prompt", type=int, default=13)
+    ap.add_argument("--data", default="builtin",
+                    help="preference data whose prompts and responses are scored (default: the built-in set, short "
+                         "prompts; e.g. ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz for real multi-turn ones)")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
@@ -97,13 +119,14 @@ def main() -> None:
         return
     lm = load_model(ModelConfig())
     model, tok = lm.model, lm.tokenizer
-    reqs = build_requests(args.prompts, args.per_prompt)
+    reqs = build_requests(args.prompts, args.per_prompt, args.data)
     enc = Encoder(tok, ScoreConfig())
     pairs = [enc.pair(r.prompt, r.response) for r in reqs]
     n = len(reqs)
     tokens = sum(len(p.prompt_ids) + len(p.response_ids) for p in pairs)
-    print(f"SmolLM2-135M-Instruct, {args.prompts} prompts x {args.per_prompt} responses = {n} responses, "
-          f"{tokens} tokens, torch threads {torch.get_num_threads()}")
+    shared = sum(len(p) for p in {q.prompt_ids for q in pairs}) + sum(len(q.response_ids) for q in pairs)
+    print(f"SmolLM2-135M-Instruct, {args.data}: {args.prompts} prompts x {args.per_prompt} responses = {n} responses, "
+          f"{tokens} tokens as full sequences, {shared} with each prompt once, torch threads {torch.get_num_threads()}")
 
     score(model, tok, reqs[:26])  # warm-up
     results = []
