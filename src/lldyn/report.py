@@ -128,6 +128,17 @@ def _shade_squeeze(ax: Any, runs: Sequence[RunData]) -> None:
                        label=f"squeeze alarm ({run.label})")
 
 
+def _save(fig: Any, path: str | Path) -> Path:
+    """Write a figure as PNG (folders made as needed) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_families(runs: Sequence[RunData], path: str | Path, delta: bool = False) -> Path:
     """One panel per family: mean (line) and inter-quartile band over steps, one colour per run."""
     import matplotlib
@@ -168,11 +179,7 @@ def plot_families(runs: Sequence[RunData], path: str | Path, delta: bool = False
     fig.suptitle("change of log π since step 0 (mean, IQR band)" if delta else "log π of each probe family "
                  "(mean over prompts, IQR band)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 0.96))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_signals(runs: Sequence[RunData], path: str | Path) -> Path | None:
@@ -202,11 +209,7 @@ def plot_signals(runs: Sequence[RunData], path: str | Path) -> Path | None:
     by_label = dict(zip(*reversed(axes[0].get_legend_handles_labels())))  # one entry per label
     axes[0].legend(list(by_label.values()), list(by_label), fontsize=7, frameon=False)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_squeeze(runs: Sequence[RunData], path: str | Path) -> Path | None:
@@ -250,11 +253,7 @@ def plot_squeeze(runs: Sequence[RunData], path: str | Path) -> Path | None:
     fig.legend(list(by_label.values()), list(by_label), loc="lower center", ncol=min(4, len(by_label)), fontsize=8,
                frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 HELD_OUT_FIGURE = "held_out_dpo.png"
@@ -289,11 +288,7 @@ def plot_held_out(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def held_out_section(rows: Sequence[dict[str, Any]], figures: str | Path) -> tuple[str, str]:
