@@ -166,11 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     end_cfg = None
     if args.from_runs:
-        from lldyn.config import build_config
-        from lldyn.rundir import RunDir
+        from lldyn.train import run_train_config
 
-        values = {k: v for k, v in RunDir(args.from_runs[1]).config().items() if k not in ("kind", "lldyn_version")}
-        end_cfg = build_config(TrainConfig, values)
+        end_cfg = run_train_config(args.from_runs[1])
         if args.data == str(DEFAULT_DATA):
             args.data = end_cfg.data
         args.beta, args.seed = end_cfg.beta, end_cfg.seed

@@ -110,7 +110,7 @@ def test_remote_code_runs_only_with_the_flag(tmp_path):
 def test_a_run_directory_cannot_turn_remote_code_on(tmp_path):
     """A run's config.json saying trust_remote_code = true (a run someone else made) runs nothing unasked."""
     from lldyn.io import atomic_write_json
-    from lldyn.train import TrainConfig, load_model_or_run, run_config
+    from lldyn.train import TrainConfig, load_model_or_run, run_config, run_train_config
 
     marker = tmp_path / "RAN"
     model_dir = remote_code_model(tmp_path, marker)
@@ -118,6 +118,8 @@ def test_a_run_directory_cannot_turn_remote_code_on(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     atomic_write_json(run / "config.json", run_config(TrainConfig(model=str(model_dir), trust_remote_code=True,
                                                                   out=str(run))))
+    # every reader of a run's config (model loading, decompose's replay, reproduce) goes through this
+    assert run_train_config(run).trust_remote_code is False and run_train_config(run, True).trust_remote_code
     for spec in (run, model_dir):
         with pytest.raises(LldynError, match="--trust-remote-code") as info:
             load_model_or_run(spec)

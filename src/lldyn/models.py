@@ -229,6 +229,18 @@ def _resolve_source(name: str) -> str:
     return name
 
 
+def _offline() -> bool:
+    """Whether the Hub may not be asked (``HF_HUB_OFFLINE``, which lldyn sets unless the user did)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds the model ``repo_id`` (its config.json)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
 def _ownerless_hub_id(name: str) -> bool:
     """Whether ``name`` is a Hub id without an owner (``gpt2``): one that is in the local Hugging Face
     cache, or any well-formed one when the Hub may be asked (HF_HUB_OFFLINE unset). Offline, an unknown
@@ -237,11 +249,7 @@ def _ownerless_hub_id(name: str) -> bool:
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         return False
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on"):
-        return True
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    return not _offline() or _in_hub_cache(name)
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -266,13 +274,9 @@ def check_model_name(name: str) -> None:
     if name == TINY_ALIAS:
         return
     source = _resolve_source(name)
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-    if offline and not Path(source).exists():
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(source, "config.json"), str):
-            raise LldynError("model is not in the local Hugging Face cache (offline: HF_HUB_OFFLINE=1)", file=name,
-                             expected="a cached Hub id, a model directory, a .gguf file or one of " + ", ".join(ALIASES))
+    if _offline() and not Path(source).exists() and not _in_hub_cache(source):
+        raise LldynError("model is not in the local Hugging Face cache (offline: HF_HUB_OFFLINE=1)", file=name,
+                         expected="a cached Hub id, a model directory, a .gguf file or one of " + ", ".join(ALIASES))
 
 
 def load_model(config: ModelConfig) -> LoadedModel:
@@ -303,8 +307,8 @@ def load_model(config: ModelConfig) -> LoadedModel:
                                  "only when asked", file=config.name, field="trust_remote_code",
                                  expected="--trust-remote-code, if you trust the code that ships with this model"
                                  ) from None
-            hint = " (offline: HF_HUB_OFFLINE=1 and it is not in the local cache)" if os.environ.get(
-                "HF_HUB_OFFLINE") == "1" and not Path(source).exists() else ""
+            hint = " (offline: HF_HUB_OFFLINE=1 and it is not in the local cache)" if _offline() and not Path(
+                source).exists() else ""
             raise LldynError(f"cannot load model{hint}: {str(err).splitlines()[0]}", file=config.name,
                              expected="a model directory, a .gguf file, a cached Hub id or one of " + ", ".join(ALIASES)
                              ) from None

@@ -918,20 +918,27 @@ def _progress(total: int, done: int, desc: str, enabled: bool):
     return tqdm(total=total, initial=done, desc=desc, unit="step", dynamic_ncols=True)
 
 
-def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None, trust_remote_code: bool = False):
-    """The model of a run: its base model (from ``config.json``) with the latest (or given) checkpoint loaded.
+def run_train_config(run_dir: str | Path, trust_remote_code: bool = False) -> TrainConfig:
+    """The :class:`TrainConfig` a run directory was trained with (its ``config.json``).
 
     ``trust_remote_code`` is the caller's flag, never the run's: a run directory may come from anyone, and
     its ``config.json`` saying ``trust_remote_code = true`` must not run a model's code unasked.
     """
-    from lldyn.checkpoint import latest_checkpoint, load_checkpoint
     from lldyn.config import build_config
 
     run = RunDir(run_dir)
     values = {k: v for k, v in run.config().items() if k not in ("kind", "lldyn_version")}
     values["trust_remote_code"] = trust_remote_code
-    cfg = build_config(TrainConfig, values, file=str(run.path / "config.json"))
-    lm = load_start_model(cfg)
+    return build_config(TrainConfig, values, file=str(run.path / "config.json"))
+
+
+def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None, trust_remote_code: bool = False):
+    """The model of a run: its base model (from ``config.json``, see :func:`run_train_config`) with the latest
+    (or given) checkpoint loaded."""
+    from lldyn.checkpoint import latest_checkpoint, load_checkpoint
+
+    run = RunDir(run_dir)
+    lm = load_start_model(run_train_config(run.path, trust_remote_code))
     ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run.checkpoints)
     if ckpt is None:
         raise LldynError("run has no checkpoint yet", file=str(run.checkpoints), expected="a finished or checkpointed run")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from lldyn.commands import add_trust_remote_code
+
 REPLAY_DIR = ".decompose-replay"
 TRAJECTORY_TOLERANCE = 1e-4  # relative difference of a step's loss between the run and its replay
 
@@ -29,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None,
                    help="keep the replay (a run directory of its own) here; default: a scratch directory, removed")
     p.add_argument("--force", action="store_true", help="replace a decomposition RUN already holds")
+    add_trust_remote_code(p)
     p.set_defaults(run=run)
 
 
@@ -51,20 +54,18 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from lldyn.config import build_config
     from lldyn.decompose.llm import DECOMPOSE_FILE
     from lldyn.decompose.plots import plot_decomposition
     from lldyn.errors import LldynError
     from lldyn.io import atomic_write_bytes
     from lldyn.rundir import RunDir
     from lldyn.summary import describe, phase_changes
-    from lldyn.train import TrainConfig, train
+    from lldyn.train import run_train_config, train
 
     if args.every < 1:
         raise LldynError(f"--every must be >= 1, got {args.every}", field="every", expected="a positive integer")
     src = RunDir(args.run_dir)
-    config = {k: v for k, v in src.config().items() if k not in ("kind", "lldyn_version")}
-    cfg = build_config(TrainConfig, config, file=str(src.path / "config.json"))
+    cfg = run_train_config(src.path, args.trust_remote_code)  # the run's own flag never runs a model's code
     if not cfg.probes:
         raise LldynError("the run tracks no probes", file=str(src.path / "config.json"), field="probes",
                          expected="a run trained with --probes")

@@ -85,12 +85,11 @@ def preference_phase_models(run_dir: str | Path):
     import json
 
     from lldyn.checkpoint import list_checkpoints
-    from lldyn.config import build_config
     from lldyn.rundir import RunDir
-    from lldyn.train import TrainConfig, load_run_model, load_start_model
+    from lldyn.train import load_run_model, load_start_model, run_train_config
 
     run = RunDir(run_dir)
-    cfg = build_config(TrainConfig, {k: v for k, v in run.config().items() if k not in ("kind", "lldyn_version")})
+    cfg = run_train_config(run.path)
     ckpts = list_checkpoints(run.checkpoints)
     sft_ends = [c for c in ckpts if json.loads((c / "state.json").read_text()).get("phase_name") == "sft"]
     if cfg.method in ("sft_dpo", "extend") and not sft_ends:
