@@ -68,7 +68,7 @@ def n_pairs(p: dict) -> int:
 def ordered_pairs(p: dict):
     """The pairs lldyn trains on (``limit`` = n_pairs), in lldyn's epoch-0 batch order (flattened)."""
     from lldyn.data import load_preferences
-    from lldyn.train import batch_order
+    from lldyn.train.batches import batch_order
 
     pairs = load_preferences("builtin:train", "train", n_pairs(p))
     return [pairs[i] for batch in batch_order(len(pairs), p["batch"], p["seed"], 0, 0) for i in batch]
@@ -104,14 +104,14 @@ def child_lldyn(p: dict) -> dict:
     from lldyn.train import TrainConfig, train
 
     stamps: list[tuple[int, float, float]] = []
-    original = rundir.RunDir.log_metrics
+    original = rundir.RunDir.log
 
     def log_and_stamp(self, row):  # instrumentation only: the time each optimizer step's row is written
         original(self, row)
-        if row.get("event") == "train":
-            stamps.append((row["step"], time.perf_counter(), row["seconds"]))
+        if isinstance(row, rundir.TrainRow):
+            stamps.append((row.step, time.perf_counter(), row.seconds))
 
-    rundir.RunDir.log_metrics = log_and_stamp
+    rundir.RunDir.log = log_and_stamp
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(method="dpo", model=p["model"], data="builtin:train", limit=n_pairs(p), probes=None,
                           eval_every=0, initial_sample=False, squeeze_alarm=False, out=f"{tmp}/run",
@@ -122,7 +122,7 @@ def child_lldyn(p: dict) -> dict:
         t0 = time.perf_counter()
         result = train(cfg, progress=False)
         t_end = time.perf_counter()
-        rows = [r for r in result.run.metrics() if r.get("event") == "train"]
+        rows = [r.to_json() for r in result.run.train_rows()]
         ckpt_mib = sum(f.stat().st_size for f in Path(result.run.checkpoints).rglob("*") if f.is_file()) / 2**20
     times = [t for _, t, _ in stamps]
     out = step_report(times, t0, times[0] - stamps[0][2], t_end, p["warmup"])

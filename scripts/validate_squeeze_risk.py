@@ -6,7 +6,7 @@ On SmolLM2-135M-Instruct and real HH-RLHF pairs (``../shared/data/hh-rlhf``):
    tokens and whose two responses have at most ``--max-response-tokens`` tokens each (EOS included)
    under the chat template, so nothing is truncated, and whose responses differ;
 2. at step 0, compute the squeeze risk and the CHES baseline of every pair
-   (:func:`lldyn.squeeze_risk.squeeze_risk`) and log π(y+), log π(y−), log π(y*) with the engine;
+   (:func:`lldyn.squeeze.risk.squeeze_risk`) and log π(y+), log π(y−), log π(y*) with the engine;
 3. run ``--steps`` off-policy DPO steps on exactly those pairs with ``lldyn.train.train`` (AdamW,
    constant learning rate, reference = the starting model);
 4. score the pairs again and report Spearman(score, −Δ log π(y+)) for the risk score, its parts,
@@ -112,7 +112,7 @@ def engine_scores(model, tokenizer, pairs, config):
 
 def analyse(rows: list[dict], permutations: int, seed: int) -> dict:
     """Spearman ρ and permutation p of every predictor against every target, from per-pair rows."""
-    from lldyn.squeeze_risk import spearman, spearman_permutation_p
+    from lldyn.squeeze.risk import spearman, spearman_permutation_p
 
     targets = {"drop": [-r["d_logp_chosen"] for r in rows],
                "drop_per_token": [-r["d_logp_chosen"] / r["n_tokens_chosen"] for r in rows]}
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     from lldyn.io import atomic_write_json, atomic_write_jsonl
     from lldyn.models import ModelConfig, load_model
     from lldyn.scoring import Encoder, ScoreConfig
-    from lldyn.squeeze_risk import SqueezeRiskConfig, squeeze_risk
+    from lldyn.squeeze.risk import SqueezeRiskConfig, squeeze_risk
     from lldyn.train import TrainConfig, train
 
     args = parse_args(argv)
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     if args.from_runs:
-        from lldyn.train import load_model_or_run
+        from lldyn.runs import load_model_or_run
 
         lm = load_model_or_run(args.from_runs[0])
         all_pairs = load_preferences(args.data, end_cfg.split, None, skip_invalid=True)
@@ -215,13 +215,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.from_runs:
         from lldyn.rundir import RunDir
-        from lldyn.train import load_model_or_run
+        from lldyn.runs import load_model_or_run
 
         t0 = time.perf_counter()
         end = load_model_or_run(args.from_runs[1])
         after = engine_scores(end.model, end.tokenizer, pairs, score_cfg)
         t_train = time.perf_counter() - t0
-        rows = [r for r in RunDir(args.from_runs[1]).metrics() if r.get("event") == "train"]
+        rows = [r.to_json() for r in RunDir(args.from_runs[1]).train_rows()]
         train_rows = [r for r in rows if r.get("phase") not in (None, "sft")] or rows
         trained = trained_ids(end_cfg, train_rows, phase_index=int(len(train_rows) < len(rows)))
         return finish(args, out, pairs, risks, before, after, train_rows, t_risk, t_train, t_start, trained)
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.steps} DPO steps: {t_train:.1f} s", flush=True)
     if not args.keep_checkpoint:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    train_rows = [r for r in result.run.metrics() if r.get("event") == "train"]
+    train_rows = [r.to_json() for r in result.run.train_rows()]
     return finish(args, out, pairs, risks, before, after, train_rows, t_risk, t_train, t_start, None)
 
 
@@ -248,7 +248,7 @@ def trained_ids(cfg, train_rows: list[dict], phase_index: int) -> set[str]:
     """Ids of the pairs in the batches of a run's preference phase (``train_rows``, one per step), from its
     own training data and data order (epochs wrap; assumes every pair was usable, as on this data)."""
     from lldyn.data import load_preferences
-    from lldyn.train import batch_order
+    from lldyn.train.batches import batch_order
 
     ids = [p.id for p in load_preferences(cfg.data, cfg.split, cfg.limit, skip_invalid=cfg.skip_invalid)]
     per_epoch = len(ids) // cfg.batch_size
@@ -295,7 +295,7 @@ def print_all(results: dict) -> None:
 def finish(args, out, pairs, risks, before, after, train_rows, t_risk, t_train, t_start, trained) -> int:
     """Per-pair rows, correlations and the summary; written to OUT and printed."""
     from lldyn.io import atomic_write_json, atomic_write_jsonl
-    from lldyn.squeeze_risk import rank_pairs
+    from lldyn.squeeze.risk import rank_pairs
 
     ranked = {r.id: r for r in rank_pairs(risks)}
     rows = []

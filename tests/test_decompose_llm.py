@@ -10,25 +10,23 @@ import torch
 from torch.func import functional_call, jacrev
 
 from lldyn.decompose import (
-    DECOMPOSE_FILE,
     compare,
     DecomposeConfig,
     StepDecomposer,
-    UpdateTerm,
     first_order_prediction,
     last_layer_kernel,
     naive_first_order_prediction,
-    response_hidden_states,
     trainable_parameters,
 )
 from lldyn.cli import main
 from lldyn.decompose.plots import plot_decomposition, plot_token_kernel
 from lldyn.errors import LldynError
 from lldyn.io import read_jsonl
-from lldyn.losses import dpo_loss
+from lldyn.losses import UpdateTerm, dpo_loss
 from lldyn.models import ModelConfig, load_model
 from lldyn.probes import Probe
-from lldyn.scoring import Encoder, ScoreConfig, collate, sequence_logps
+from lldyn.rundir import DECOMPOSE, RunDir
+from lldyn.scoring import Encoder, ScoreConfig, collate, response_hidden_states, sequence_logps
 
 PROBES = [
     Probe("a", "chosen", "hi there", "hello you"),
@@ -157,7 +155,7 @@ def test_parts_and_examples_sum_to_the_whole_step_prediction_sgd(tmp_path):
     assert summary["decompose/grad_cosine"] == pytest.approx(1.0, abs=1e-6)
     assert summary["decompose/grad_scale"] == pytest.approx(1.0, abs=1e-5)
     # Rows on disk: one per probe, parts summing to the prediction; family means in the summary.
-    rows = list(read_jsonl(tmp_path / DECOMPOSE_FILE))
+    rows = list(read_jsonl(tmp_path / DECOMPOSE))
     assert len(rows) == len(PROBES) and {r["step"] for r in rows} == {0}
     for row in rows:
         assert sum(row["parts"].values()) == pytest.approx(row["predicted"], abs=1e-9)
@@ -165,7 +163,7 @@ def test_parts_and_examples_sum_to_the_whole_step_prediction_sgd(tmp_path):
     chosen_rows = [r for r in rows if r["family"] == "chosen"]
     assert summary["decompose/chosen/chosen"] == pytest.approx(
         sum(r["parts"]["chosen"] for r in chosen_rows) / len(chosen_rows))
-    figures = plot_decomposition(tmp_path)
+    figures = plot_decomposition(RunDir(tmp_path).decompose_rows(), tmp_path / "figures")
     assert [f.name for f in figures] == ["decompose-scatter.png", "decompose-parts.png"]
     assert all(f.stat().st_size > 1000 for f in figures)
 
@@ -270,7 +268,7 @@ def test_scheduled_learning_rate_is_this_steps(tmp_path):
                       scheduler="linear", probes=str(probes), decompose_every=1, eval_every=0, max_grad_norm=0.0,
                       initial_sample=False, out=str(tmp_path / "run"))
     result = train(cfg, progress=False)
-    rows = [json.loads(x) for x in (result.run.path / DECOMPOSE_FILE).read_text().splitlines()]
+    rows = [json.loads(x) for x in (result.run.path / DECOMPOSE).read_text().splitlines()]
     lrs = [r["lr"] for r in read_jsonl(result.run.path / "metrics.jsonl") if r.get("event") == "train"]
     assert lrs == pytest.approx([1e-3 * k / 4 for k in (0, 1, 2)])  # linear warm-up: every step's lr differs
     for step in (2, 3):
@@ -339,8 +337,8 @@ def test_last_layer_kernel_equals_autograd_ntk_of_the_unembedding(tmp_path):
     assert tk.probe_tokens[:4] == ("y", "e", "s", "!")
     head = lm.model.get_output_embeddings()
     W = head.weight.detach()
-    h_o = response_hidden_states(lm.model, lm.tokenizer, *probe)
-    h_u = response_hidden_states(lm.model, lm.tokenizer, *train)
+    enc = Encoder(lm.tokenizer, ScoreConfig())
+    h_o, h_u = response_hidden_states(lm.model, [enc.pair(*probe), enc.pair(*train)], lm.tokenizer.pad_token_id)
 
     def logits(weight, h):
         return functional_call(head, {"weight": weight}, (h,))

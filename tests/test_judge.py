@@ -15,9 +15,9 @@ import pytest
 
 from lldyn.cli import main
 from lldyn.errors import LldynError
-from lldyn.judge import (Judgement, PairJudgement, PreferenceSource, bootstrap_ci, judge_both_orders,
-                         judge_message, load_model_or_run, load_preference_source, load_prompts, parse_judgement,
-                         win_rate)
+from lldyn.judge import PairJudgement, bootstrap_ci, judge_both_orders, load_prompts, win_rate
+from lldyn.preferences import Judgement, PreferenceSource, judge_message, load_preference_source, parse_judgement
+from lldyn.runs import is_run_dir, load_model_or_run
 
 SECRET = "sk-lldyn-test-SECRET-4242"
 SERVER_KEY_ENV = "LLDYN_TEST_SERVER_KEY"
@@ -214,7 +214,7 @@ def test_hf_judge_on_identical_responses_is_a_tie():
 def test_logprob_judge_is_the_engines_forced_choice_between_the_verdict_lines():
     """--judge-mode logprob: the likelier of 'More helpful: A' / 'More helpful: B' as the judge's reply to the
     instruction wins; both log-probs are in the raw text; identical responses give exactly 0.5."""
-    from lldyn.judge import VERDICTS, _judge_messages
+    from lldyn.preferences import VERDICTS, _judge_messages
     from lldyn.scoring import ScoreRequest, score
 
     source = load_preference_source("hf:tiny-random-llama", judge_mode="logprob")
@@ -253,15 +253,15 @@ def test_load_prompts_from_prompt_rows_and_preference_data(tmp_path):
 
 
 def test_run_directory_loads_the_trained_weights(tmp_path):
-    train = pytest.importorskip("lldyn.train")
     import torch
+
+    import lldyn.train as train
 
     from lldyn.models import ModelConfig, load_model
 
     run = tmp_path / "run"
     train.train(train.TrainConfig(method="sft", model="tiny-random-llama", data="builtin:train", limit=4, steps=1,
                                   batch_size=2, lr=1e-2, out=str(run), eval_every=0))
-    from lldyn.train import is_run_dir
 
     assert is_run_dir(str(run)) and not is_run_dir(str(tmp_path))
     trained = load_model_or_run(str(run)).model

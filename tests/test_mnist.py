@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lldyn.errors import LldynError
-from lldyn.mnist import (
+from lldyn.experiments.mnist import (
     IMAGES_MAGIC,
     LABELS_MAGIC,
     MnistConfig,
@@ -117,9 +117,6 @@ def test_tiny_run_on_real_mnist_through_the_cli(tmp_path, capsys):
 
 
 def test_tiny_run_on_load_digits_fallback(tmp_path, monkeypatch):
-    import lldyn.mnist as mnist
-
-    monkeypatch.setattr(mnist, "default_data_dir", lambda: None)
     lines: list[str] = []
     result = run_mnist(MnistConfig(**TINY), tmp_path / "run", log=lines.append)
     assert any("load_digits" in line and "NOT MNIST" in line for line in lines)

@@ -32,7 +32,7 @@ def test_demo_quick_runs_sft_then_dpo_and_reports(tmp_path):
     # Rerunning the finished demo resumes (nothing retrained) and reports again.
     again = cli("demo", "--quick", "--model", "tiny-random-llama", "--out", "demo", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert [r["step"] for r in sft.metrics() if r["event"] == "train"] == [1, 2, 3, 4]
+    assert [r.step for r in sft.train_rows()] == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("experiment", ["sft", "dpo", "extend"])
@@ -58,7 +58,7 @@ def test_reproduce_configs_complete_shortened(tmp_path, experiment):
     assert len(rows) == 3 * len(held) * len(runs)
     assert {(r["run"], r["prompt_id"], r["kind"]) for r in rows} == {
         (name, pid, kind) for name in runs for pid in held for kind in ("chosen", "rejected", "argmax")}
-    from lldyn.commands.reproduce import preference_phase_models
+    from lldyn.experiments.reproduce import preference_phase_models
     from lldyn.data import load_preferences
     from lldyn.scoring import ScoreRequest, score
 
@@ -75,7 +75,7 @@ def test_reproduce_configs_complete_shortened(tmp_path, experiment):
 
 
 def test_reproduce_ships_gpu_configs_with_the_papers_hyperparameters():
-    from lldyn.commands.reproduce import configs_dir
+    from lldyn.experiments.reproduce import configs_dir
     from lldyn.config import read_toml
 
     for name in ("qwen2.5-0.5b-dpo", "pythia-410m-extend"):
@@ -97,7 +97,7 @@ def test_reproduce_missing_data_is_one_clear_error(tmp_path):
 def test_demo_claims_on_smollm2_shortened(tmp_path):
     """The demo's configuration with 8 probe prompts instead of 32: SFT lifts y+ and y_j+; DPO squeezes:
     y+ and y− fall while the argmax y* and the top-1 mass rise (docs/results.md has the full demo's numbers)."""
-    from lldyn.commands.demo import default_config_path
+    from lldyn.experiments.demo import default_config_path
 
     text = default_config_path().read_text()
     (tmp_path / "demo.toml").write_text(text.replace("probe_prompts = 32", "probe_prompts = 8"))

@@ -16,7 +16,7 @@ from lldyn.squeeze import (
     squeeze_flags,
     squeeze_intervals,
 )
-from lldyn.tracking import TrackSummary
+from lldyn.rundir import RunDir, TrackSummary, TrainRow
 
 
 def signals(chosen, rejected, argmax, top1_c, top1_r):
@@ -70,8 +70,7 @@ def test_silent_on_an_sft_like_run(caplog):
         outs, _ = run_alarm(sft)
     assert not any(o["squeeze/alarm"] for o in outs)
     assert not caplog.records
-    assert squeeze_intervals([{"step": 20 * i, "event": "probes", **{f"signal/{k}": v for k, v in s.items()}}
-                              for i, s in enumerate(sft)]) == []
+    assert squeeze_intervals([TrackSummary(20 * i, {}, {}, s) for i, s in enumerate(sft)]) == []
 
 
 def test_each_condition_is_needed():
@@ -114,24 +113,26 @@ def test_compared_with_step_zero_as_well_as_the_previous_evaluation():
 
 def test_stateless_resume_gives_the_same_answer():
     outs, history = run_alarm(SQUEEZE)
-    # A resumed run rebuilds its history from metrics.jsonl rows (TrackSummary.from_metrics_row).
-    rows = [s.metrics_row() for s in history]
-    reloaded = [TrackSummary.from_metrics_row(r) for r in rows]
+    # A resumed run rebuilds its history from metrics.jsonl rows (TrackSummary.from_json).
+    rows = [s.to_json() for s in history]
+    reloaded = [TrackSummary.from_json(r) for r in rows]
     again = squeeze_alarm()(reloaded[3], reloaded[:4])
     assert again == outs[3]
 
 
 def test_intervals_for_the_report():
     outs, history = run_alarm(SQUEEZE)
-    rows = [{"step": 5, "event": "train", "loss": 0.7}] + [s.metrics_row() for s in history]
+    rows = list(history)
     assert squeeze_intervals(rows) == [(20, 60), (80, 100)]
     # Without recorded alarm keys (a run tracked without the callback) the alarm is recomputed from signals.
-    bare = [{k: v for k, v in r.items() if not k.startswith("squeeze/")} for r in rows]
+    bare = [TrackSummary(s.step, s.family_mean, s.family_delta, s.signals) for s in rows]
     assert squeeze_intervals(bare) == [(20, 60), (80, 100)]
     # Recorded alarms win (a run made with other tolerances), and a repeated step keeps its last row.
-    rows[-1] = {**rows[-1], "squeeze/alarm": False}
+    last = rows[-1]
+    rows[-1] = TrackSummary(last.step, {}, {}, last.signals, {**last.extra, "squeeze/alarm": False})
     assert squeeze_intervals(rows) == [(20, 60)]
-    assert squeeze_intervals(rows + [{**rows[-1], "squeeze/alarm": True}]) == [(20, 60), (80, 100)]
+    again = TrackSummary(last.step, {}, {}, last.signals, {**last.extra, "squeeze/alarm": True})
+    assert squeeze_intervals(rows + [again]) == [(20, 60), (80, 100)]
     assert squeeze_intervals([]) == []
 
 
@@ -157,13 +158,13 @@ def test_alarm_in_a_real_tracker_stays_silent_during_sft(tiny_fresh, tmp_path):
         loss.backward()
         opt.step()
         tracker.maybe_track(step)
-    rows = [r for r in run.metrics() if r.get("event") == "probes"]
-    assert [r["squeeze/alarm"] for r in rows] == [False] * 5
-    assert rows[-1]["signal/logp_chosen"] > rows[0]["signal/logp_chosen"] + 1.0  # SFT lifted y+
-    assert squeeze_intervals(rows) == []
+    rows = run.probe_summaries()
+    assert [r.extra["squeeze/alarm"] for r in rows] == [False] * 5
+    assert rows[-1].signals["logp_chosen"] > rows[0].signals["logp_chosen"] + 1.0  # SFT lifted y+
+    assert squeeze_intervals(rows, run.preference_start()) == []
 
 
-def test_in_an_sft_then_dpo_run_the_squeeze_is_measured_from_the_start_of_dpo():
+def test_in_an_sft_then_dpo_run_the_squeeze_is_measured_from_the_start_of_dpo(tmp_path):
     """SFT lifts y+ by 10 nats first; the DPO phase that follows squeezes. Measured from step 0, DPO would
     have to undo SFT's rise before the alarm could fire; measured from the end of SFT it fires."""
     sft = [signals(-50.0 + 5 * i, -70.0 + 3 * i, -12.0 + i, 0.45 + 0.02 * i, 0.35 + 0.02 * i) for i in range(3)]
@@ -179,11 +180,13 @@ def test_in_an_sft_then_dpo_run_the_squeeze_is_measured_from_the_start_of_dpo():
     assert [o["squeeze/alarm"] for o in outs] == [False, False, False, True, True, True]
     assert outs[3]["squeeze/since_step"] == 20
     # The report finds the phase start in the training rows (phase names) when it recomputes the alarm.
-    rows = ([{"step": s, "event": "train", "phase": "sft"} for s in range(1, 21)]
-            + [{"step": s, "event": "train", "phase": "dpo"} for s in range(21, 51)]
-            + [{"step": st, "event": "probes", **{f"signal/{k}": v for k, v in sig.items()}}
-               for st, sig in zip(steps, evals)])
-    assert squeeze_intervals(rows) == [(20, 50)]
+    run = RunDir.create(tmp_path / "run", {"test": "phase-start"})
+    for s in range(1, 51):
+        run.log(TrainRow(s, "sft" if s <= 20 else "dpo", s, 0.5, 1e-3, 1.0, 0.1))
+    for st, sig in zip(steps, evals):
+        run.log(TrackSummary(st, {}, {}, sig))
+    assert run.preference_start() == 20
+    assert squeeze_intervals(run.probe_summaries(), run.preference_start()) == [(20, 50)]
 
 
 def test_lldyn_train_attaches_the_alarm_to_preference_runs_only(tmp_path):
@@ -198,7 +201,7 @@ def test_lldyn_train_attaches_the_alarm_to_preference_runs_only(tmp_path):
     for method, has_alarm in (("sft", False), ("dpo", True), ("sft_dpo", True)):
         cfg = TrainConfig(method=method, steps=2, sft_steps=2, out=str(tmp_path / method), **base)
         train(cfg, progress=False)
-        probe_rows = [r for r in RunDir(cfg.out).metrics() if r["event"] == "probes"]
+        probe_rows = [s.to_json() for s in RunDir(cfg.out).probe_summaries()]
         assert all(("squeeze/alarm" in r) == has_alarm for r in probe_rows), method
         if method == "sft_dpo":  # silent (no evaluation to compare with) until the DPO phase starts at step 2
             assert [r["squeeze/since_step"] is None and r["squeeze/alarm"] is False

@@ -11,7 +11,7 @@ from lldyn.cli import main
 from lldyn.data import PreferenceExample
 from lldyn.errors import LldynError
 from lldyn.scoring import Encoder, ScoreConfig, ScoreRequest, ScoreResult, score
-from lldyn.squeeze_risk import (
+from lldyn.squeeze.risk import (
     SqueezeRiskConfig,
     ches_from_sums,
     ches_scores,

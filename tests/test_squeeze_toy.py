@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lldyn.errors import LldynError
-from lldyn.squeeze import (
+from lldyn.experiments.squeeze_toy import (
     NEG_PROB_SWEEP,
     PEAK_SWEEP,
     SqueezeToyConfig,

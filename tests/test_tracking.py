@@ -18,7 +18,9 @@ from lldyn.rephrase import RuleRephraser
 from lldyn.rundir import RunDir
 from lldyn.scoring import Encoder, ScoreConfig, ScoreRequest, argmax_text, score
 from lldyn.testing import naive_logp
-from lldyn.tracking import INITIAL_SAMPLES, SIGNALS, Tracker, TrackSummary
+from lldyn.distributed import Processes
+from lldyn.rundir import INITIAL_SAMPLES, TrackSummary
+from lldyn.tracking import SIGNALS, Tracker
 
 GEN = GenerationConfig(max_new_tokens=12)  # short initial samples keep the tiny tests fast
 
@@ -113,11 +115,11 @@ def test_schedule_summaries_deltas_signals_and_callbacks(tiny_fresh, probes, tmp
     assert tracked == [0, 2, 4]
     assert seen == [(0, [0]), (2, [0, 2]), (4, [0, 2, 4])]
     run = RunDir(tmp_path / "run")
-    metrics = [m for m in run.metrics() if m["event"] == "probes"]
+    metrics = [m.to_json() for m in run.probe_summaries()]
     assert [m["step"] for m in metrics] == [0, 2, 4] and metrics[1]["my/flag"] == 2.0
     base, now = table_at(run, 0), table_at(run, 4)
     assert table_at(run, 2) == {k: {**v, "step": 2} for k, v in base.items()}  # nothing changed before step 3
-    last = TrackSummary.from_metrics_row(metrics[-1])
+    last = TrackSummary.from_json(metrics[-1])
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     for fam in FAMILIES:
         pids = probes.prompt_ids
@@ -161,7 +163,7 @@ def test_resume_picks_up_history_and_reuses_initial_samples(tiny_fresh, probes, 
         expect = sum(now[(p, fam)]["logp"] - base[(p, fam)]["logp"] for p in probes.prompt_ids) / len(probes.prompt_ids)
         assert summary.family_delta[fam] == pytest.approx(expect, abs=1e-6)
     assert (tmp_path / "run" / INITIAL_SAMPLES).read_text() == samples_before
-    assert [m["step"] for m in run.metrics()] == [0, 2, 4]
+    assert [step for step, _ in run.events()] == [0, 2, 4]
     # resuming from a checkpoint at step 2 instead: rows after it dropped, step 4 tracked again
     run.truncate_after(2)
     resumed.rewind(2)
@@ -188,7 +190,7 @@ def test_resume_with_a_different_probe_set_is_refused(tiny, probes, tmp_path):
 def test_rank_shards_cover_the_single_process_rows(tiny, probes):
     """Under accelerate each rank scores prompts[rank::world]; together they are the single-process rows."""
     single = Tracker(tiny.model, tiny.tokenizer, probes, initial_sample=False).evaluate()
-    shards = [Tracker(tiny.model, tiny.tokenizer, probes, initial_sample=False, rank=r, world_size=2).evaluate()
+    shards = [Tracker(tiny.model, tiny.tokenizer, probes, initial_sample=False, processes=Processes(r, 2)).evaluate()
               for r in range(2)]
     assert {r["prompt_id"] for r in shards[0]}.isdisjoint({r["prompt_id"] for r in shards[1]})
     key = lambda r: (r["prompt_id"], r["family"])  # noqa: E731
@@ -219,7 +221,6 @@ def run_cli(*args):
 
 
 def test_cli_train_resume_with_a_different_probe_set_is_refused(tmp_path):
-    pytest.importorskip("lldyn.train", reason="lldyn.train is not available")
     probes_path, run = tmp_path / "probes.jsonl", tmp_path / "run"
     make_probes(limit=2, seed=0).save(probes_path)
     train = ["train", "--method", "dpo", "--model", "tiny-random-llama", "--data", "builtin:train", "--limit", "8",

@@ -15,8 +15,10 @@ from lldyn.errors import LldynError
 from lldyn.models import ModelConfig, load_model
 from lldyn.rundir import RunDir
 from lldyn.scoring import Encoder, ScoreConfig, ScoreRequest, collate, score, sequence_logps
-from lldyn.train import (TrainConfig, load_run_model, micro_batch, pair_step, phases, encode_phase_data,
-                         load_training_data, train)
+from lldyn.runs import load_run_model
+from lldyn.train import TrainConfig, phases, train
+from lldyn.train.batches import encode_phase_data, load_training_data, micro_batch
+from lldyn.train.steps import pair_step
 
 TINY = dict(model="tiny-random-llama", data="builtin:train", limit=12, batch_size=4, max_length=96,
             max_prompt_tokens=48, eval_every=0, initial_sample=False)
@@ -27,7 +29,7 @@ def cfg_(tmp_path: Path, name: str = "run", **kw) -> TrainConfig:
 
 
 def train_rows(run: str | Path) -> list[dict]:
-    return [r for r in RunDir(run).metrics() if r["event"] == "train"]
+    return [r.to_json() for r in RunDir(run).train_rows()]
 
 
 def weights(model) -> dict[str, torch.Tensor]:
@@ -71,7 +73,7 @@ def test_dpo_loss_at_step_two_matches_hand_computation(tmp_path):
 def test_shared_prompt_forward_gives_the_full_sequences_loss_and_gradient(monkeypatch):
     """A preference batch runs each prompt once (y+ and y− continue from its cached keys/values): loss,
     log-probs and every parameter's gradient equal the full-sequence forward's."""
-    import lldyn.train as T
+    import lldyn.train.steps as T
 
     cfg = TrainConfig(**{**TINY, "method": "dpo", "beta": 0.3, "out": "unused"})
     lm = load_model(ModelConfig(name="tiny-random-llama"))
@@ -178,7 +180,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch, where):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    import lldyn.train as T
+    import lldyn.train.steps as T
 
     real = T.sequence_logps
     calls = {"n": 0}
@@ -214,7 +216,7 @@ def test_non_finite_weights_are_never_kept_as_last_good(tmp_path):
         lm = load_model(ModelConfig(name="tiny-random-llama"))
         load_checkpoint(ckpt, lm.model, restore_rng=False)
         assert all(torch.isfinite(p).all() for p in lm.model.parameters()), ckpt
-    stopped = [r for r in RunDir(cfg.out).metrics() if r["event"] == "stopped"]
+    stopped = [r.to_json() for r in RunDir(cfg.out).stopped_rows()]
     assert len(stopped) == 1 and stopped[0]["weights_finite"] is False
 
 
@@ -352,11 +354,12 @@ def test_on_policy_dpo_samples_from_the_policy_and_labels_with_the_source(tmp_pa
     rows = train_rows(result.run.path)
     assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
     # The pairs trained on are the policy's own samples, labelled by the reward: chosen is never longer.
-    import lldyn.train as T
+    from lldyn.preferences import load_preference_source
+    from lldyn.train.on_policy import on_policy_pairs
 
     pairs, _ = load_training_data(cfg)
-    fresh = T.on_policy_pairs(result.model, result.tokenizer, pairs, __import__("lldyn.judge", fromlist=["x"])
-                              .load_preference_source("test_train:prefer_short"), cfg, step=0)
+    fresh = on_policy_pairs(result.model, result.tokenizer, pairs, load_preference_source("test_train:prefer_short"),
+                            cfg, step=0)
     assert fresh and all(len(p.chosen) <= len(p.rejected) for p in fresh)
     assert all(p.chosen not in {q.chosen for q in pairs} for p in fresh)
 
@@ -420,12 +423,13 @@ def test_on_policy_kill_and_resume_equals_uninterrupted(tmp_path):
 def test_on_policy_lora_reference_is_the_policy_with_its_adapter_disabled(tmp_path):
     """On-policy + LoRA: no frozen copy; the reference log-probs are the starting model's even after the
     adapter has moved, and a short run completes."""
-    import lldyn.train as T
+    import lldyn.train.reference as T
+    from lldyn.runs import load_start_model
 
     cfg = cfg_(tmp_path, method="dpo", steps=2, lr=1e-3, limit=6, batch_size=2, on_policy=True, lora_r=4,
                preference_source="test_train:prefer_short", on_policy_max_new_tokens=8)
-    lm = T.load_start_model(cfg)
-    ref = T._reference_model(cfg, lm.model, lm, 0, phases(cfg))
+    lm = load_start_model(cfg.model_config())
+    ref = T.reference_model(cfg, lm.model)
     assert isinstance(ref, T.AdapterDisabled) and ref.model is lm.model
     with torch.no_grad():  # the adapter moves away from zero, as training would move it
         for name, p in lm.model.named_parameters():
@@ -445,7 +449,7 @@ def test_on_policy_lora_reference_is_the_policy_with_its_adapter_disabled(tmp_pa
 
 def test_ref_is_another_model_or_run(tmp_path):
     """--ref PATH: the reference log-probs are that model's (here an SFT run's), not the starting model's."""
-    import lldyn.train as T
+    import lldyn.train.reference as T
 
     sft = train(cfg_(tmp_path, "sft", method="sft", steps=2, lr=1e-2), progress=False)
     dpo_cfg = cfg_(tmp_path, "dpo", method="dpo", steps=1, lr=1e-3, ref=str(sft.run.path))
@@ -499,7 +503,7 @@ def test_lldyn_decompose_replays_a_run(tmp_path):
     figures = [tmp_path / "run" / "figures" / name for name in ("decompose-scatter.png", "decompose-parts.png")]
     assert all(f.read_bytes().startswith(b"\x89PNG") for f in figures)
     assert run_cli("report", "run", cwd=tmp_path).returncode == 0
-    assert "decompose-scatter.png" in (tmp_path / "run" / "report.html").read_text()
+    assert "decompose-0-scatter.png" in (tmp_path / "run" / "report.html").read_text()
     # A second decomposition needs --force; --out keeps the replay, whose losses equal the run's.
     again = run_cli("decompose", "--run", "run", "--every", "1", cwd=tmp_path)
     assert again.returncode == 2 and "already holds a decomposition" in again.stderr

@@ -77,7 +77,7 @@ def scale(key: str, row: dict) -> float:
 
 
 def assert_same_metrics(one: Path, two: Path) -> None:
-    a, b = RunDir(one).metrics(), RunDir(two).metrics()
+    a, b = ([r.to_json() for r in RunDir(d).metrics_rows()] for d in (one, two))
     assert [(r["step"], r["event"]) for r in a] == [(r["step"], r["event"]) for r in b]
     for ra, rb in zip(a, b):
         assert set(ra) == set(rb), set(ra) ^ set(rb)
@@ -106,14 +106,14 @@ def max_weight_difference(one: Path, two: Path) -> float:
 
 def assert_written_once(run: Path) -> None:
     """Rank 0 alone wrote: no duplicated rows, no leftover temporary files."""
-    metrics = Counter((r["step"], r["event"]) for r in RunDir(run).metrics())
+    metrics = Counter(RunDir(run).events())
     table = Counter((r["step"], r["prompt_id"], r["family"]) for r in RunDir(run).probe_table())
     assert max(metrics.values()) == 1 and (not table or max(table.values()) == 1)
     assert not [p for p in run.rglob(".*") if p.name.startswith((".tmp", ".old"))]
 
 
 def test_each_rank_takes_its_own_rows_of_a_micro_batch():
-    from lldyn.train import Processes
+    from lldyn.distributed import Processes
 
     batch = list("abcdef")
     assert [Processes(rank, 2).shard(batch) for rank in range(2)] == [list("ace"), list("bdf")]
@@ -137,11 +137,11 @@ def test_two_process_dpo_equals_one_process(dpo_runs):
     tmp, _, one, two = dpo_runs
     assert "trained 4 steps on 2 processes" in two.stdout and "trained 4 steps;" in one.stdout
     assert_same_metrics(tmp / "one", tmp / "two")
-    train = [r for r in RunDir(tmp / "two").metrics() if r["event"] == "train"]
+    train = [r.to_json() for r in RunDir(tmp / "two").train_rows()]
     assert [r["step"] for r in train] == [1, 2, 3, 4]
     assert {"loss", "lr", "grad_norm", "chosen_logp", "rejected_logp", "margin", "reward_acc"} <= set(train[0])
     assert train[-1]["loss"] < train[0]["loss"]  # it trained
-    probes = [r for r in RunDir(tmp / "two").metrics() if r["event"] == "probes"]
+    probes = [r.to_json() for r in RunDir(tmp / "two").probe_summaries()]
     assert [r["step"] for r in probes] == [0, 2, 4] and "family_mean/chosen" in probes[0]
 
     ta, tb = RunDir(tmp / "one").probe_table(), RunDir(tmp / "two").probe_table()
@@ -193,7 +193,7 @@ def test_two_process_sft_with_gradient_accumulation_equals_one_process(tmp_path)
     ok(one_process(tmp_path, *args, "--out", "one"))
     ok(two_processes(tmp_path, *args, "--out", "two"))
     assert_same_metrics(tmp_path / "one", tmp_path / "two")
-    assert [r["step"] for r in RunDir(tmp_path / "two").metrics()] == [1, 2, 3]
+    assert [step for step, _ in RunDir(tmp_path / "two").events()] == [1, 2, 3]
     assert max_weight_difference(tmp_path / "one", tmp_path / "two") <= 1e-5
     assert_written_once(tmp_path / "two")
 
@@ -228,4 +228,4 @@ def test_two_process_non_finite_loss_stops_every_rank_with_the_last_good_weights
     assert errors and len(set(errors)) == 1 and "non-finite loss, gradient or weights at step 2" in errors[0]
     assert "[rank" not in proc.stderr
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-00000001"]
-    assert [(r["step"], r["event"]) for r in RunDir(tmp_path / "run").metrics()] == [(1, "train"), (2, "stopped")]
+    assert RunDir(tmp_path / "run").events() == [(1, "train"), (2, "stopped")]

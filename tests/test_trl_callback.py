@@ -26,7 +26,7 @@ from lldyn.probes import FAMILIES, Probe, ProbeSet, build_probes  # noqa: E402
 from lldyn.rephrase import RuleRephraser  # noqa: E402
 from lldyn.rundir import RunDir  # noqa: E402
 from lldyn.scoring import ScoreRequest, score  # noqa: E402
-from lldyn.tracking import INITIAL_SAMPLES  # noqa: E402
+from lldyn.rundir import INITIAL_SAMPLES  # noqa: E402
 
 GEN = GenerationConfig(max_new_tokens=12)
 TINY = ModelConfig(name="tiny-random-llama", seed=0)
@@ -114,7 +114,7 @@ def test_callback_values_equal_the_engine_on_the_same_weights(dpo_run, probes):
 
 def test_metrics_go_through_the_trainers_logging(dpo_run):
     tmp, cb, rec, trainer, _ = dpo_run
-    metrics = [m for m in RunDir(tmp / "run").metrics() if m["event"] == "probes"]
+    metrics = [m.to_json() for m in RunDir(tmp / "run").probe_summaries()]
     assert [m["step"] for m in metrics] == [0, 1, 2]
     ours = [(step, logs) for step, logs in rec.logs if any(k.startswith("lldyn/") for k in logs)]
     assert [step for step, _ in ours] == [0, 1, 2]

@@ -110,7 +110,8 @@ def test_remote_code_runs_only_with_the_flag(tmp_path):
 def test_a_run_directory_cannot_turn_remote_code_on(tmp_path):
     """A run's config.json saying trust_remote_code = true (a run someone else made) runs nothing unasked."""
     from lldyn.io import atomic_write_json
-    from lldyn.train import TrainConfig, load_model_or_run, run_config, run_train_config
+    from lldyn.runs import load_model_or_run
+    from lldyn.train import TrainConfig, run_config, run_train_config
 
     marker = tmp_path / "RAN"
     model_dir = remote_code_model(tmp_path, marker)

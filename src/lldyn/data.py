@@ -13,8 +13,9 @@ Formats read by :func:`load_preferences` (auto-detected per row):
   to the last ``\\n\\nAssistant:``, turned into chat messages;
 
 from ``.jsonl`` / ``.jsonl.gz`` / ``.json`` / ``.parquet`` files, the built-in data set (``builtin``,
-``builtin:train``, ``builtin:test``) and Hugging Face data set names (``hf:NAME`` or a name that is not a
-path; works offline from the cache). Every problem names the file, line and field.
+``builtin:train``, ``builtin:test``) and Hugging Face data set names (``hf:OWNER/NAME``, ``hf:OWNER/NAME/SUBSET``
+for a subset's folder such as ``hf:Anthropic/hh-rlhf/harmless-base``, or a name that is not a path; works
+offline from the cache). Every problem names the file, line and field.
 """
 from __future__ import annotations
 
@@ -213,17 +214,6 @@ def _read_parquet(path: Path) -> Iterator[tuple[dict[str, Any], Where]]:
 # --------------------------------------------------------------------------- field checks
 
 
-def _text(row: Mapping[str, Any], key: str, where: Where) -> str:
-    if key not in row:
-        raise where.error("missing field", field=key, expected="a non-empty string")
-    value = row[key]
-    if not isinstance(value, str):
-        raise where.error(f"got {type(value).__name__}", field=key, expected="a non-empty string")
-    if not value.strip():
-        raise where.error("empty text", field=key, expected="a non-empty string")
-    return value
-
-
 def _messages(value: Any, key: str, where: Where) -> list[Message]:
     if not isinstance(value, list) or not value:
         raise where.error(f"got {type(value).__name__}", field=key, expected="a non-empty list of chat messages")
@@ -238,7 +228,7 @@ def _messages(value: Any, key: str, where: Where) -> list[Message]:
     return out
 
 
-def _prompt(value: Any, where: Where, key: str = "prompt") -> Prompt:
+def parse_prompt(value: Any, where: Where, key: str = "prompt") -> Prompt:
     if isinstance(value, str):
         if not value.strip():
             raise where.error("empty text", field=key, expected="a non-empty string or chat messages")
@@ -310,7 +300,7 @@ def parse_preference_row(row: Mapping[str, Any], where: Where, index: int = 0, s
     ex_id = _row_id(row, where, index, stem)
     chosen_raw, rejected_raw = row["chosen"], row["rejected"]
     if "prompt" in row:
-        prompt = _prompt(row["prompt"], where)
+        prompt = parse_prompt(row["prompt"], where)
         chosen = _response(chosen_raw, "chosen", where)
         rejected = _response(rejected_raw, "rejected", where)
     elif isinstance(chosen_raw, list) and isinstance(rejected_raw, list):
@@ -357,7 +347,7 @@ def parse_sft_row(row: Mapping[str, Any], where: Where, index: int = 0, stem: st
     key = "response" if "response" in row else "completion" if "completion" in row else None
     if key is None:
         raise where.error("missing field", field="response", expected="SFT data with 'prompt' and 'response'")
-    return SFTExample(ex_id, _prompt(row["prompt"], where), _response(row[key], key, where), where)
+    return SFTExample(ex_id, parse_prompt(row["prompt"], where), _response(row[key], key, where), where)
 
 
 # --------------------------------------------------------------------------- sources
@@ -369,10 +359,14 @@ def builtin_path() -> Path:
 
 
 def _hf_rows(name: str, split: str) -> Iterator[tuple[dict[str, Any], Where]]:
+    """Rows of a Hugging Face data set ``owner/name`` or ``owner/name/data_dir`` (a subset's folder, as
+    HH-RLHF's ``Anthropic/hh-rlhf/harmless-base``), from the local cache when offline."""
+    parts = name.split("/")
+    repo, data_dir = "/".join(parts[:2]), "/".join(parts[2:]) or None
     try:
         import datasets
 
-        ds = datasets.load_dataset(name, split=split)
+        ds = datasets.load_dataset(repo, data_dir=data_dir, split=split)
     except Exception as err:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ConnectionError)
         raise LldynError(f"cannot load Hugging Face data set: {str(err).splitlines()[0]}", file=name,
                          expected="a data set name in the local cache (offline) or a data file path") from None
@@ -406,6 +400,20 @@ def _warn_skipped(skipped: list[LldynError], source: str) -> None:
         log.warning("%s: skipped %d invalid row(s); first: %s", source, len(skipped), skipped[0])
 
 
+def is_pair_row(row: Mapping[str, Any]) -> bool:
+    """Whether a row is shaped like a preference pair (it has ``chosen`` and ``rejected``)."""
+    return "chosen" in row and "rejected" in row
+
+
+def is_preference_data(source: str, split: str = "train") -> bool:
+    """Whether ``source`` holds preference pairs or SFT rows, told by its first row (of the wanted split)."""
+    rows, _, want_split = _source_rows(str(source), split)
+    for row, _ in rows:
+        if want_split is None or row.get("split") == want_split:
+            return is_pair_row(row)
+    return False
+
+
 def load_preferences(source: str, split: str = "train", limit: int | None = None,
                      skip_invalid: bool = False) -> list[PreferenceExample]:
     """Load preference pairs from ``source`` (see module docstring); at least one pair or an error.
@@ -427,9 +435,8 @@ def load_preferences(source: str, split: str = "train", limit: int | None = None
             ex = parse_preference_row(row, where, i, stem)
         except LldynError as err:
             # A first row without 'chosen' says the file is not preference data (SFT rows, say): that is
-            # the format, not a bad row, and callers that also read SFT data look for exactly this error.
-            not_pairs = not out and err.field == "chosen" and err.message == "missing field"
-            if not skip_invalid or not_pairs:
+            # the format, not a bad row to skip.
+            if not skip_invalid or (not out and "chosen" not in row):
                 raise
             skipped.append(err)
             continue

@@ -56,6 +56,28 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def save_figure(fig: Any, path: str | Path, **savefig: Any) -> Path:
+    """Write a matplotlib figure as PNG at ``path`` atomically (folders made as needed) and release it.
+
+    The one figure writer of lldyn: works for ``matplotlib.figure.Figure`` objects (an Agg canvas is
+    attached) and for pyplot figures (closed afterwards). ``savefig`` keywords go to ``Figure.savefig``.
+    """
+    import io
+    import sys
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig)
+    atomic_write_bytes(path, buf.getvalue())
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(fig)
+    return Path(path)
+
+
 def atomic_write_json(path: str | Path, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, default=_json_default, ensure_ascii=False, indent=2) + "\n")
 

@@ -18,12 +18,28 @@ The decomposition code reads G from these coefficients, never re-deriving it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from lldyn.errors import LldynError
+
+class UpdateTerm(NamedTuple):
+    """One term of a step's gradient: ∇θ(batch loss) = Σ_terms weight · ∇θ log π(response | prompt).
+
+    weight = ∂(batch loss)/∂log π(y): the loss's residual coefficient (``coef``, ``chosen_coef``,
+    ``rejected_coef`` below) divided by the batch size and the gradient-accumulation steps. The training
+    loop builds one per (example, part) and the decomposition (:mod:`lldyn.decompose.llm`) attributes the
+    step's effect on every probe to them.
+    """
+
+    example_id: str
+    part: str  # "chosen", "rejected" or "response"
+    prompt: Any  # str or chat messages (lldyn.data.Prompt)
+    response: str
+    weight: float
+
 
 PreferenceLossType = Literal["dpo", "ipo", "slic", "simpo"]
 PREFERENCE_LOSSES: tuple[str, ...] = ("dpo", "ipo", "slic", "simpo")
@@ -195,6 +211,13 @@ def token_residual(logits: torch.Tensor, targets: torch.Tensor, coef: torch.Tens
     Returns:
         (N, V) G = ∂L/∂z; for cross-entropy (c = −1) this is π − e_y.
     """
-    probs = torch.softmax(logits, dim=-1)
+    return residual_from_probs(torch.softmax(logits, dim=-1), targets, coef)
+
+
+def residual_from_probs(probs: torch.Tensor, targets: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """:func:`token_residual` given π instead of z: G = c·(e_y − π). probs (N, V), targets (N,), coef (N,) → (N, V).
+
+    c = −1 is a positive gradient on y (SFT: G = π − e_y); c = +1 a negative one (DPO's y−: G = e_y − π).
+    """
     onehot = F.one_hot(targets, probs.shape[-1]).to(probs.dtype)
     return coef.to(probs.dtype)[:, None] * (onehot - probs)

@@ -4,10 +4,12 @@ Figures (matplotlib, Agg), in the style of the paper's Figures 3 and 4: one pane
 the mean of log π over the probe prompts against the step with the inter-quartile band, several runs
 overlaid with labels from their ``config.json``; the same for the change since step 0; and the
 squeeze signals (top-1 probability, entropy along y+ and y−). The HTML embeds every PNG as base64,
-a table of each run's last-step mean change per family, example probes, any PNG another module put
-in ``RUN/figures/`` (captioned with its file name; for a decomposed run the predicted-vs-actual and
-+/− split figures of :mod:`lldyn.decompose.plots` are redrawn there first) and any ``extra_sections``
-a caller passes.
+a table of each run's last-step mean change per family, example probes, for a decomposed run the
+predicted-vs-actual and +/− split figures of :mod:`lldyn.decompose.plots`, any PNG another module put
+in ``RUN/figures/`` (captioned with its file name) and any ``extra_sections`` a caller passes.
+
+The report reads its input runs and writes only under its output directory (``OUT/figures``,
+``OUT/report.html``).
 
 Every piece of data set or model text that reaches the HTML goes through :func:`html.escape`.
 """
@@ -21,9 +23,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from lldyn.errors import LldynError
-from lldyn.io import atomic_write_text
+from lldyn.io import atomic_write_text, read_jsonl, save_figure
 from lldyn.probes import FAMILIES
-from lldyn.rundir import FIGURES, PROBE_TABLE, PROBES, RunDir
+from lldyn.rundir import FIGURES, PROBE_TABLE, REPORT, RunDir, TrackSummary
+from lldyn.squeeze import squeeze_intervals
 
 LOGP_FIGURE = "probe_logp.png"
 DELTA_FIGURE = "probe_delta.png"
@@ -36,11 +39,16 @@ OWN_FIGURES = (LOGP_FIGURE, DELTA_FIGURE, SIGNALS_FIGURE, SQUEEZE_FIGURE)
 class RunData:
     """What the report reads from one run directory."""
 
-    path: Path
+    run: RunDir
     label: str
     config: dict[str, Any]
     table: list[dict[str, Any]]
-    metrics: list[dict[str, Any]]
+    summaries: list[TrackSummary]
+    preference_start: int
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
 
     @property
     def steps(self) -> list[int]:
@@ -49,9 +57,7 @@ class RunData:
     @property
     def squeeze_intervals(self) -> list[tuple[int, int]]:
         """Step intervals in which the squeeze alarm fired (recorded, or recomputed from the signals)."""
-        from lldyn.squeeze import squeeze_intervals
-
-        return squeeze_intervals(self.metrics)
+        return squeeze_intervals(self.summaries, self.preference_start)
 
 
 def run_label(config: dict[str, Any], path: Path) -> str:
@@ -75,12 +81,12 @@ def load_run(path: str | Path) -> RunData:
     run = RunDir(path)
     if not run.path.is_dir():
         raise LldynError("run directory not found", file=str(run.path), expected="a directory written by lldyn")
-    config = run.config() if (run.path / "config.json").is_file() else {}
+    config = run.config() if run.config_path.is_file() else {}
     table = run.probe_table()
     if not table:
         raise LldynError(f"no probe table ({PROBE_TABLE}) in the run directory", file=str(run.path),
                          expected="a run tracked with probes (lldyn train --probes, or LearningDynamicsCallback(out=...))")
-    return RunData(run.path, run_label(config, run.path), config, table, run.metrics())
+    return RunData(run, run_label(config, run.path), config, table, run.probe_summaries(), run.preference_start())
 
 
 def _quantile(sorted_vals: Sequence[float], q: float) -> float:
@@ -129,14 +135,7 @@ def _shade_squeeze(ax: Any, runs: Sequence[RunData]) -> None:
 
 
 def _save(fig: Any, path: str | Path) -> Path:
-    """Write a figure as PNG (folders made as needed) and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_families(runs: Sequence[RunData], path: str | Path, delta: bool = False) -> Path:
@@ -190,16 +189,15 @@ def plot_signals(runs: Sequence[RunData], path: str | Path) -> Path | None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    names = [("signal/top1_chosen", "mean top-1 prob along y+"), ("signal/top1_rejected", "mean top-1 prob along y−"),
-             ("signal/entropy_chosen", "entropy along y+ (nats)"), ("signal/entropy_rejected", "entropy along y− (nats)")]
-    rows = [[m for m in run.metrics if m.get("event") == "probes"] for run in runs]
-    if not any(rows):
+    names = [("top1_chosen", "mean top-1 prob along y+"), ("top1_rejected", "mean top-1 prob along y−"),
+             ("entropy_chosen", "entropy along y+ (nats)"), ("entropy_rejected", "entropy along y− (nats)")]
+    if not any(run.summaries for run in runs):
         return None
     fig, axes = plt.subplots(1, 4, figsize=(13, 2.8))
     for ax, (key, title) in zip(axes, names):
         _shade_squeeze(ax, runs)
-        for i, (run, rs) in enumerate(zip(runs, rows)):
-            pts = sorted((int(m["step"]), m[key]) for m in rs if key in m)
+        for i, run in enumerate(runs):
+            pts = sorted((s.step, s.signals[key]) for s in run.summaries if key in s.signals)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{i % 10}", label=run.label, marker=".")
         ax.set_title(title, fontsize=9)
@@ -240,8 +238,7 @@ def plot_squeeze(runs: Sequence[RunData], path: str | Path) -> Path | None:
     ax = axes[3]
     _shade_squeeze(ax, runs)
     for i, run in enumerate(runs):
-        pts = sorted((int(m["step"]), m["signal/top1_chosen"]) for m in run.metrics
-                     if m.get("event") == "probes" and "signal/top1_chosen" in m)
+        pts = sorted((s.step, s.signals["top1_chosen"]) for s in run.summaries if "top1_chosen" in s.signals)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{i % 10}", label=run.label, marker=".")
     ax.set_title("mean top-1 probability along y+", fontsize=9)
@@ -347,12 +344,9 @@ def squeeze_summary(runs: Sequence[RunData]) -> str:
 
 def probe_examples(run: RunData, n_prompts: int = 2) -> str:
     """The probe responses of the first prompts, and their y* at the last step (all text escaped)."""
-    path = run.path / PROBES
-    if not path.is_file():
+    if not run.run.probes_path.is_file():
         return ""
-    from lldyn.io import read_jsonl
-
-    probes = list(read_jsonl(path))
+    probes = list(read_jsonl(run.run.probes_path))
     prompt_ids = list(dict.fromkeys(str(p["prompt_id"]) for p in probes))[:n_prompts]
     last = run.steps[-1]
     argmax = {str(r["prompt_id"]): r.get("text") for r in run.table if r["step"] == last and r["family"] == "argmax"}
@@ -377,7 +371,8 @@ table.probes td{max-width:800px}"""
 def write_report(runs: Sequence[str | Path], out: str | Path | None = None,
                  extra_sections: Sequence[tuple[str, str]] = (), title: str = "lldyn learning dynamics report"
                  ) -> Path:
-    """Draw the figures into ``OUT/figures`` and write ``OUT/report.html`` (OUT defaults to the first run).
+    """Draw the figures into ``OUT/figures`` and write ``OUT/report.html`` (OUT defaults to the first run);
+    nothing is written anywhere else.
 
     Args:
         runs: run directories (each with a probe table).
@@ -408,14 +403,11 @@ def write_report(runs: Sequence[str | Path], out: str | Path | None = None,
         drawn.append((sig, "squeeze signals: top-1 probability and entropy along y+ and y− positions"))
     sections = [("Probe families over training", squeeze_summary(data) + "".join(_img(p, c) for p, c in drawn)),
                 ("Mean change of log π at the last step", last_step_table(data))]
+    sections += decomposition_sections(data, figures)
     own = {p.resolve() for p, _ in drawn}
-    from lldyn.decompose.plots import plot_decomposition
-
     for d in data:
-        plot_decomposition(d.path)  # a decomposed run: predicted vs actual and the +/− split, redrawn into RUN/figures
-    for d in data:
-        extra = [p for p in sorted((d.path / FIGURES).glob("*.png")) if p.resolve() not in own
-                 and p.name not in OWN_FIGURES]
+        extra = [p for p in sorted(d.run.figures.glob("*.png")) if p.resolve() not in own
+                 and p.name not in OWN_FIGURES and not p.name.startswith("decompose-")]
         if extra:
             sections.append((f"More figures of {d.label}", "".join(_img(p, p.name) for p in extra)))
     sections += list(extra_sections)
@@ -428,6 +420,18 @@ def write_report(runs: Sequence[str | Path], out: str | Path | None = None,
     body = "".join(f"<section><h2>{html.escape(t)}</h2>{h}</section>" for t, h in sections)
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><ul>{runs_html}</ul>{body}</body></html>")
-    path = out_dir / "report.html"
+    path = out_dir / REPORT
     atomic_write_text(path, page)
     return path
+
+
+def decomposition_sections(runs: Sequence[RunData], figures: Path) -> list[tuple[str, str]]:
+    """For each decomposed run: predicted vs actual and the +/− split, drawn into the report's own figures."""
+    from lldyn.decompose.plots import plot_decomposition
+
+    sections = []
+    for i, d in enumerate(runs):
+        drawn = plot_decomposition(d.run.decompose_rows(), figures, prefix=f"decompose-{i}")
+        if drawn:
+            sections.append((f"Decomposition of {d.label}", "".join(_img(p, p.name) for p in drawn)))
+    return sections

@@ -1,14 +1,21 @@
-"""The run directory: a folder that describes itself (after TRAK's saver).
+"""The run directory: a folder that describes itself (after TRAK's saver). This module is its only owner:
+every file name and every row type of a run is spelled here, and readers get typed rows back.
 
 Layout::
 
     RUN/
-      config.json        resolved config of the run (no secrets); a re-run with another config is refused
-      metrics.jsonl      append-only, one JSON object per logged step (``{"step": ..., ...}``)
-      probes.jsonl       the probe set the run tracks
-      probe_table.jsonl  one row per (step, prompt_id, family): logp, n_tokens, ...
-      checkpoints/       step-N/ (safetensors weights + optimizer/scheduler/RNG state)
+      config.json            resolved config of the run (no secrets); a re-run with another config is refused
+      metrics.jsonl          append-only; one row per logged event: TrainRow, TrackSummary (probe evaluation),
+                             StoppedRow (non-finite loss), each with its ``step`` and ``event``
+      probes.jsonl           the probe set the run tracks (static families)
+      initial_samples.jsonl  the starting model's greedy responses (the ``initial_sample`` probe family)
+      probe_table.jsonl      one row per (step, prompt_id, family): PROBE_COLUMNS
+      ref_logps-<phase>.jsonl  reference log-probs of a pairwise phase's pairs, computed once
+      on_policy/round-<n>.jsonl  the pairs of on-policy round n (sampled, labelled)
+      decompose.jsonl        one row per (decomposed step, probe): actual and predicted Δ log π, parts
+      checkpoints/           step-N/ (safetensors weights + optimizer/scheduler/RNG state)
       figures/, report.html
+      .decompose-replay/     scratch space of ``lldyn decompose`` (removed when it ends)
 
 All whole-file writes are atomic; appends are whole lines with fsync, and rows beyond the last
 checkpoint are dropped on resume so a killed run never has torn or duplicated rows.
@@ -16,18 +23,128 @@ checkpoint are dropped on resume so a killed run never has torn or duplicated ro
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 
+from lldyn.data import PreferenceExample, parse_preference_row, read_rows
 from lldyn.errors import LldynError
-from lldyn.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl
+from lldyn.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl, save_figure
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 PROBES = "probes.jsonl"
+INITIAL_SAMPLES = "initial_samples.jsonl"
 PROBE_TABLE = "probe_table.jsonl"
+DECOMPOSE = "decompose.jsonl"
 CHECKPOINTS = "checkpoints"
 FIGURES = "figures"
+REPORT = "report.html"
+ON_POLICY = "on_policy"
+REPLAY = ".decompose-replay"
+PROBE_COLUMNS = ("step", "prompt_id", "family", "logp", "n_tokens", "mean_logp", "top1", "entropy", "text")
+
+
+def reference_file(phase_index: int) -> str:
+    return f"ref_logps-{phase_index}.jsonl"
+
+
+def on_policy_file(round_index: int) -> str:
+    return f"round-{round_index:06d}.jsonl"
+
+
+# --------------------------------------------------------------------------- metrics rows
+
+
+@dataclass(frozen=True)
+class TrainRow:
+    """One optimizer step of ``lldyn train``.
+
+    phase, phase_step: which phase and its step count; loss, lr (this step's), grad_norm (before clipping);
+    seconds: wall time of the step. stats: the loss's named parts (``chosen_logp``, ``margin``, …), the
+    on-policy round (``on_policy/…``) and the decomposition summary (``decompose/…``).
+    """
+
+    EVENT = "train"
+    step: int
+    phase: str
+    phase_step: int
+    loss: float
+    lr: float
+    grad_norm: float
+    seconds: float
+    stats: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "event": self.EVENT, "phase": self.phase, "phase_step": self.phase_step,
+                "loss": self.loss, **self.stats, "lr": self.lr, "grad_norm": self.grad_norm, "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> "TrainRow":
+        own = ("step", "event", "phase", "phase_step", "loss", "lr", "grad_norm", "seconds")
+        return cls(int(row["step"]), str(row.get("phase", "train")), int(row.get("phase_step", row["step"])),
+                   float(row["loss"]), float(row.get("lr", "nan")), float(row.get("grad_norm", "nan")),
+                   float(row.get("seconds", "nan")), {k: v for k, v in row.items() if k not in own})
+
+
+@dataclass(frozen=True)
+class TrackSummary:
+    """One evaluation of the probes (:class:`lldyn.tracking.Tracker`).
+
+    family_mean: mean log π over prompts, per family.
+    family_delta: mean over prompts of log π(step) − log π(first evaluation), per family.
+    signals: the squeeze signals (``lldyn.tracking.SIGNALS``).
+    extra: keys the tracker callbacks returned for this step (the squeeze alarm's), and ``probe_seconds``.
+    """
+
+    EVENT = "probes"
+    step: int
+    family_mean: Mapping[str, float]
+    family_delta: Mapping[str, float]
+    signals: Mapping[str, float]
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"step": self.step, "event": self.EVENT}
+        row.update({f"family_mean/{k}": v for k, v in self.family_mean.items()})
+        row.update({f"family_delta/{k}": v for k, v in self.family_delta.items()})
+        row.update({f"signal/{k}": v for k, v in self.signals.items()})
+        row.update(self.extra)
+        return row
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> "TrackSummary":
+        def part(prefix: str) -> dict[str, float]:
+            return {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix)}
+
+        known = ("step", "event", "family_mean/", "family_delta/", "signal/")
+        extra = {k: v for k, v in row.items() if not any(k == p or k.startswith(p) for p in known)}
+        return cls(int(row["step"]), part("family_mean/"), part("family_delta/"), part("signal/"), extra)
+
+
+@dataclass(frozen=True)
+class StoppedRow:
+    """Training stopped at ``step``: ``reason``, whether the weights were finite, the offending statistics."""
+
+    EVENT = "stopped"
+    step: int
+    reason: str
+    weights_finite: bool
+    stats: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "event": self.EVENT, "reason": self.reason, "weights_finite": self.weights_finite,
+                **self.stats}
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> "StoppedRow":
+        own = ("step", "event", "reason", "weights_finite")
+        return cls(int(row["step"]), str(row.get("reason", "")), bool(row.get("weights_finite", False)),
+                   {k: v for k, v in row.items() if k not in own})
+
+
+MetricsRow = Union[TrainRow, TrackSummary, StoppedRow]
+ROW_TYPES: dict[str, type] = {t.EVENT: t for t in (TrainRow, TrackSummary, StoppedRow)}
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -57,13 +174,12 @@ class RunDir:
         if run.path.exists() and not run.path.is_dir():
             raise LldynError("run directory path is a file", file=str(run.path), expected="a directory")
         comparable = {k: v for k, v in config.items() if k not in set(ignore_keys)}
-        if (run.path / CONFIG).is_file():
-            old = run.config()
-            old = {k: v for k, v in old.items() if k not in set(ignore_keys)}
+        if run.config_path.is_file():
+            old = {k: v for k, v in run.config().items() if k not in set(ignore_keys)}
             diffs = _diff(old, comparable)
             if diffs:
                 raise LldynError("run directory holds a run with a different config: " + "; ".join(diffs[:3]),
-                                 file=str(run.path / CONFIG), expected="a new --out directory, or the same config")
+                                 file=str(run.config_path), expected="a new --out directory, or the same config")
             if not resume and run.has_metrics():
                 raise LldynError("run directory already holds a run", file=str(run.path),
                                  expected="--resume to continue it, or a new --out directory")
@@ -74,55 +190,21 @@ class RunDir:
                 run.path.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise LldynError(f"cannot create run directory: {err.strerror}", file=str(run.path)) from None
-            atomic_write_json(run.path / CONFIG, dict(config))
+            atomic_write_json(run.config_path, dict(config))
         return run
 
-    # ------------------------------------------------------------------ reading
-    def config(self) -> dict[str, Any]:
-        try:
-            return json.loads((self.path / CONFIG).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise LldynError("not a run directory (no config.json)", file=str(self.path),
-                             expected="a directory written by lldyn train (or the TRL callback)") from None
-        except json.JSONDecodeError as err:
-            raise LldynError(f"corrupt config.json: {err.msg}", file=str(self.path / CONFIG), line=err.lineno,
-                             expected="the JSON lldyn wrote (restore it, or start a new run)") from None
+    # ------------------------------------------------------------------ paths
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
 
-    def has_metrics(self) -> bool:
-        p = self.path / METRICS
-        return p.is_file() and p.stat().st_size > 0
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
 
-    def metrics(self) -> list[dict[str, Any]]:
-        p = self.path / METRICS
-        return list(read_jsonl(p)) if p.is_file() else []
-
-    def probe_table(self) -> list[dict[str, Any]]:
-        p = self.path / PROBE_TABLE
-        return list(read_jsonl(p)) if p.is_file() else []
-
-    def iter_probe_table(self) -> Iterator[dict[str, Any]]:
-        p = self.path / PROBE_TABLE
-        return read_jsonl(p) if p.is_file() else iter(())
-
-    # ------------------------------------------------------------------ writing
-    def log_metrics(self, row: Mapping[str, Any]) -> None:
-        """Append one row (must carry ``step``) to ``metrics.jsonl``."""
-        if "step" not in row:
-            raise ValueError("metrics rows need a 'step'")
-        append_jsonl(self.path / METRICS, [dict(row)])
-
-    def append_probe_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        append_jsonl(self.path / PROBE_TABLE, [dict(r) for r in rows])
-
-    def write_json(self, name: str, value: Any) -> Path:
-        path = self.path / name
-        atomic_write_json(path, value)
-        return path
-
-    def write_jsonl(self, name: str, rows: Iterable[Any]) -> Path:
-        path = self.path / name
-        atomic_write_jsonl(path, rows)
-        return path
+    @property
+    def probes_path(self) -> Path:
+        return self.path / PROBES
 
     @property
     def checkpoints(self) -> Path:
@@ -130,15 +212,156 @@ class RunDir:
 
     @property
     def figures(self) -> Path:
-        p = self.path / FIGURES
-        p.mkdir(parents=True, exist_ok=True)
+        """``RUN/figures`` (not created by reading this)."""
+        return self.path / FIGURES
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT
+
+    @property
+    def decompose_path(self) -> Path:
+        return self.path / DECOMPOSE
+
+    @property
+    def replay_dir(self) -> Path:
+        """Scratch space of ``lldyn decompose`` inside the run (removed when it ends)."""
+        return self.path / REPLAY
+
+    # ------------------------------------------------------------------ config
+    def config(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise LldynError("not a run directory (no config.json)", file=str(self.path),
+                             expected="a directory written by lldyn train (or the TRL callback)") from None
+        except json.JSONDecodeError as err:
+            raise LldynError(f"corrupt config.json: {err.msg}", file=str(self.config_path), line=err.lineno,
+                             expected="the JSON lldyn wrote (restore it, or start a new run)") from None
+
+    def describe(self, config: Mapping[str, Any]) -> None:
+        """Write ``config.json`` unless the run already has one (a directory handed over as a bare path)."""
+        if not self.config_path.is_file():
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.config_path, dict(config))
+
+    # ------------------------------------------------------------------ metrics
+    def has_metrics(self) -> bool:
+        return self.metrics_path.is_file() and self.metrics_path.stat().st_size > 0
+
+    def log(self, row: MetricsRow) -> None:
+        """Append one typed row to ``metrics.jsonl``."""
+        append_jsonl(self.metrics_path, [row.to_json()])
+
+    def _rows(self, kind: type) -> list[Any]:
+        if not self.metrics_path.is_file():
+            return []
+        return [kind.from_json(r) for r in read_jsonl(self.metrics_path) if r.get("event") == kind.EVENT]
+
+    def train_rows(self) -> list[TrainRow]:
+        return self._rows(TrainRow)
+
+    def probe_summaries(self) -> list[TrackSummary]:
+        return self._rows(TrackSummary)
+
+    def stopped_rows(self) -> list[StoppedRow]:
+        return self._rows(StoppedRow)
+
+    def metrics_rows(self) -> list[MetricsRow]:
+        """Every metrics row, typed, in the order it was logged."""
+        if not self.metrics_path.is_file():
+            return []
+        return [ROW_TYPES[r["event"]].from_json(r) for r in read_jsonl(self.metrics_path) if r.get("event") in ROW_TYPES]
+
+    def events(self) -> list[tuple[int, str]]:
+        """``(step, event)`` of every metrics row, in the order it was logged."""
+        return [(r.step, r.EVENT) for r in self.metrics_rows()]
+
+    def preference_start(self) -> int:
+        """The step at which the run's preference phase starts: the step before its first training row of a
+        non-SFT phase; 0 when no phase is named (a TRL callback's run) or the run has no preference phase."""
+        starts = [r.step - 1 for r in self.train_rows() if r.phase != "sft"]
+        return max(0, min(starts)) if starts else 0
+
+    # ------------------------------------------------------------------ probes
+    def probe_table(self) -> list[dict[str, Any]]:
+        """Rows of ``probe_table.jsonl`` (keys: :data:`PROBE_COLUMNS`)."""
+        return list(self.iter_probe_table())
+
+    def iter_probe_table(self) -> Iterator[dict[str, Any]]:
+        p = self.path / PROBE_TABLE
+        return read_jsonl(p) if p.is_file() else iter(())
+
+    def append_probe_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        append_jsonl(self.path / PROBE_TABLE, [{k: r[k] for k in PROBE_COLUMNS if k in r} for r in rows])
+
+    def initial_samples(self) -> list[dict[str, Any]] | None:
+        """The saved ``initial_sample`` probe rows, or None before they were generated."""
+        p = self.path / INITIAL_SAMPLES
+        return list(read_jsonl(p)) if p.is_file() else None
+
+    def write_initial_samples(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        atomic_write_jsonl(self.path / INITIAL_SAMPLES, rows)
+
+    # ------------------------------------------------------------------ training state besides checkpoints
+    def reference_logps(self, phase_index: int) -> dict[str, tuple[float, float]] | None:
+        """``id → (log π_ref(y+), log π_ref(y−))`` of a pairwise phase, or None when not computed yet."""
+        p = self.path / reference_file(phase_index)
+        if not p.is_file():
+            return None
+        return {r["id"]: (r["chosen"], r["rejected"]) for r in read_jsonl(p)}
+
+    def write_reference_logps(self, phase_index: int, values: Mapping[str, tuple[float, float]]) -> None:
+        atomic_write_jsonl(self.path / reference_file(phase_index),
+                           [{"id": k, "chosen": c, "rejected": r} for k, (c, r) in values.items()])
+
+    def on_policy_round_path(self, round_index: int) -> Path:
+        return self.path / ON_POLICY / on_policy_file(round_index)
+
+    def on_policy_round(self, round_index: int) -> tuple[list[PreferenceExample], int] | None:
+        """The labelled pairs of on-policy round ``round_index`` and how many prompts it sampled (None: not saved)."""
+        p = self.on_policy_round_path(round_index)
+        if not p.is_file():
+            return None
+        rows = list(read_rows(p))
+        pairs = [parse_preference_row(row, where, i, "on_policy") for i, (row, where) in enumerate(rows)]
+        return pairs, int(rows[0][0].get("prompts_sampled", len(pairs))) if rows else 0
+
+    def write_on_policy_round(self, round_index: int, pairs: Sequence[PreferenceExample], sampled_at_step: int,
+                              prompts_sampled: int) -> Path:
+        p = self.on_policy_round_path(round_index)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_jsonl(p, [{"id": x.id, "prompt": x.prompt, "chosen": x.chosen, "rejected": x.rejected,
+                                "round": round_index, "sampled_at_step": sampled_at_step,
+                                "prompts_sampled": prompts_sampled} for x in pairs])
         return p
 
+    # ------------------------------------------------------------------ decomposition
+    def decompose_rows(self) -> list[dict[str, Any]]:
+        """Rows of ``decompose.jsonl`` (written by :class:`lldyn.decompose.llm.StepDecomposer`)."""
+        return list(read_jsonl(self.decompose_path)) if self.decompose_path.is_file() else []
+
+    def append_decompose_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        append_jsonl(self.decompose_path, [dict(r) for r in rows])
+
+    def write_decompose_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        atomic_write_jsonl(self.decompose_path, rows)
+
+    # ------------------------------------------------------------------ figures and other whole files
+    def save_figure(self, fig: Any, name: str, **savefig: Any) -> Path:
+        """Write a matplotlib figure as ``RUN/figures/<name>`` (atomically)."""
+        return save_figure(fig, self.figures / name, **savefig)
+
+    def write_json(self, name: str, value: Any) -> Path:
+        path = self.path / name
+        atomic_write_json(path, value)
+        return path
+
+    # ------------------------------------------------------------------ resume
     def truncate_after(self, step: int) -> None:
-        """On resume from a checkpoint at ``step``: drop metric and probe rows logged after it (and a
-        torn last line), rewriting each file atomically, so a resumed run never duplicates rows."""
-        for name in (METRICS, PROBE_TABLE, "decompose.jsonl"):
-            p = self.path / name
+        """On resume from a checkpoint at ``step``: drop metric, probe and decomposition rows logged after it
+        (and a torn last line), rewriting each file atomically, so a resumed run never duplicates rows."""
+        for p in (self.metrics_path, self.path / PROBE_TABLE, self.decompose_path):
             if p.is_file():
                 keep = [r for r in read_jsonl(p, strict=False) if int(r.get("step", 0)) <= step]
                 atomic_write_jsonl(p, keep)

@@ -310,11 +310,24 @@ def collate(pairs: Sequence[EncodedPair], pad_id: int, padding_side: str = "righ
     return TokenBatch(ids, att, pos, start, length)
 
 
-def sequence_logps(model: Any, batch: TokenBatch, with_stats: bool = False, chunk_size: int = 512,
-                   checkpoint_head: bool = False) -> TokenStats:
-    """Differentiable per-token log-probs of the responses in ``batch`` (one forward pass).
+class ResponseHidden(NamedTuple):
+    """The hidden states the output layer turns into the responses' next-token distributions.
 
-    Returns :class:`TokenStats` of shape (B, T) with T = max response length; ``.logps`` is (B,).
+    hidden: (B, T, H) the final hidden state (after the last norm) that predicts ``targets[b, t]``.
+    targets: (B, T) response token ids (EOS included); mask: (B, T) bool, True at real tokens.
+    """
+
+    hidden: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+
+
+def response_hidden(model: Any, batch: TokenBatch) -> ResponseHidden:
+    """One forward pass of the decoder over ``batch``, aligned to the response tokens (differentiable).
+
+    Row t of a response is the position ``response_start − 1 + t``: the hidden state that predicts its
+    token t. This is what :func:`sequence_logps` sends through the output layer, and what the eNTK of the
+    last layer (:mod:`lldyn.decompose.llm`) and the CHES score (:mod:`lldyn.squeeze.risk`) read.
     """
     body = model.get_decoder()
     hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -326,8 +339,36 @@ def sequence_logps(model: Any, batch: TokenBatch, with_stats: bool = False, chun
     pred_pos = (batch.response_start[:, None] - 1 + t[None, :]).clamp(0, L - 1)
     tgt_pos = (batch.response_start[:, None] + t[None, :]).clamp(0, L - 1)
     h = hidden.gather(1, pred_pos[..., None].expand(B, T, H))
-    targets = batch.input_ids.gather(1, tgt_pos)
+    return ResponseHidden(h, batch.input_ids.gather(1, tgt_pos), mask)
+
+
+def sequence_logps(model: Any, batch: TokenBatch, with_stats: bool = False, chunk_size: int = 512,
+                   checkpoint_head: bool = False) -> TokenStats:
+    """Differentiable per-token log-probs of the responses in ``batch`` (one forward pass).
+
+    Returns :class:`TokenStats` of shape (B, T) with T = max response length; ``.logps`` is (B,).
+    """
+    h, targets, mask = response_hidden(model, batch)
     return token_stats(output_head(model), h, targets, mask, with_stats, chunk_size, checkpoint_head)
+
+
+def response_hidden_states(model: Any, encoded: Sequence[EncodedPair], pad_id: int,
+                           batch_size: int = 8) -> list[torch.Tensor]:
+    """(T_i, H) hidden states of each encoded response (no grad, eval mode, full sequences in batches of
+    ``batch_size``; float32 on the CPU), as :func:`response_hidden` aligns them."""
+    device = next(model.parameters()).device
+    out: list[torch.Tensor] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(encoded), batch_size):
+                chunk = encoded[start:start + batch_size]
+                h, _, mask = response_hidden(model, collate(chunk, pad_id).to(device))
+                out += [h[i, :int(mask[i].sum())].float().cpu() for i in range(len(chunk))]
+    finally:
+        model.train(was_training)
+    return out
 
 
 # --------------------------------------------------------------------------- many responses (no grad)
@@ -465,7 +506,7 @@ def shared_prompt_logps(model: Any, pairs: Sequence[EncodedPair], pad_id: int,
                              pad_id, chunk_size, with_stats=False)
 
 
-def _stats_batches(model: Any, encoded: Sequence[EncodedPair], pad_id: int, config: ScoreConfig):
+def stats_batches(model: Any, encoded: Sequence[EncodedPair], pad_id: int, config: ScoreConfig):
     """Yield ``(indices, TokenStats)`` covering every pair once.
 
     With prefix sharing: prompts are batched and run once; their responses, sorted by length across
@@ -522,7 +563,7 @@ def score_encoded(model: Any, encoded: Sequence[EncodedPair], pad_id: int, confi
     model.eval()
     try:
         with torch.no_grad():
-            for order, st in _stats_batches(model, encoded, pad_id, config):
+            for order, st in stats_batches(model, encoded, pad_id, config):
                 logps, n_tok = st.logps.cpu(), st.n_tokens.cpu()
                 top1 = st.top1_logps.cpu()
                 ent, arg, tok = st.entropies.cpu(), st.argmax_ids.cpu(), st.token_logps.cpu()

@@ -1,16 +1,20 @@
 """What moved: per-family change of mean log π between two probe evaluations of a run, in words.
 
-Used by ``lldyn train`` and ``lldyn demo`` to print one line per phase, e.g.
-``DPO (steps 40→80): chosen −3.1, rejected −20.4, argmax +2.2 nats — squeezing``.
+Used by ``lldyn train``, ``lldyn demo`` and ``lldyn reproduce`` to print one line per phase, e.g.
+``DPO (steps 40→80): chosen −3.10, rejected −20.40, argmax +2.20 nats; top-1 prob +0.060 — squeezing …``.
+The words say what moved; a paper effect is named only when the phase's method and the pattern both fit
+it (SFT's lift of y+ and other prompts' answers, Sec. 4.1; the squeezing effect of DPO-family losses,
+Sec. 4.2).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from lldyn.rundir import RunDir
+from lldyn.rundir import RunDir, TrackSummary
 
 HEADLINE = ("chosen", "rejected", "argmax", "other_chosen", "chosen_rephrase_semantic", "random_sentence")
+PREFERENCE_PHASES = ("dpo", "ipo", "slic", "simpo")
 
 
 class PhaseChange(NamedTuple):
@@ -23,28 +27,20 @@ class PhaseChange(NamedTuple):
     top1_delta: float
 
 
-def _probe_rows(run: RunDir) -> dict[int, dict[str, Any]]:
-    return {int(r["step"]): r for r in run.metrics() if r.get("event") == "probes"}
-
-
 def phase_changes(run_dir: str | Path) -> list[PhaseChange]:
-    """One :class:`PhaseChange` per training phase of a run (from the tracker's rows in metrics.jsonl).
+    """One :class:`PhaseChange` per training phase of a run (from its probe evaluations).
 
     A phase spans from the last probe evaluation before its first step to the last one at or
     before its last step.
     """
     run = RunDir(run_dir)
-    rows = run.metrics()
-    probes = _probe_rows(run)
+    probes = {s.step: s for s in run.probe_summaries()}
     spans: list[tuple[str, int, int]] = []
-    for r in rows:
-        if r.get("event") != "train":
-            continue
-        name, step = str(r.get("phase", "train")), int(r["step"])
-        if spans and spans[-1][0] == name:
-            spans[-1] = (name, spans[-1][1], step)
+    for r in run.train_rows():
+        if spans and spans[-1][0] == r.phase:
+            spans[-1] = (r.phase, spans[-1][1], r.step)
         else:
-            spans.append((name, step - 1, step))
+            spans.append((r.phase, r.step - 1, r.step))
     out = []
     for name, first, last in spans:
         starts = [s for s in probes if s <= first]
@@ -52,36 +48,45 @@ def phase_changes(run_dir: str | Path) -> list[PhaseChange]:
         if not starts or not ends:
             continue
         a, b = probes[max(starts)], probes[max(ends)]
-        fams = [k[len("family_mean/"):] for k in b if k.startswith("family_mean/") and k in a]
-        delta = {f: b[f"family_mean/{f}"] - a[f"family_mean/{f}"] for f in fams}
-        top1 = _top1(b) - _top1(a)
-        out.append(PhaseChange(name, max(starts), max(ends), delta, top1))
+        delta = {f: b.family_mean[f] - a.family_mean[f] for f in b.family_mean if f in a.family_mean}
+        out.append(PhaseChange(name, max(starts), max(ends), delta, _top1(b) - _top1(a)))
     return out
 
 
-def _top1(row: dict[str, Any]) -> float:
-    vals = [row.get("signal/top1_chosen"), row.get("signal/top1_rejected")]
-    vals = [v for v in vals if v is not None]
+def _top1(summary: TrackSummary) -> float:
+    vals = [v for v in (summary.signals.get("top1_chosen"), summary.signals.get("top1_rejected")) if v is not None]
     return sum(vals) / len(vals) if vals else float("nan")
 
 
 def verdict(change: PhaseChange, tol: float = 0.05) -> str:
-    """A few words on what the change shows, in the paper's terms (moves under ``tol`` nats count as none)."""
+    """A few words on what the change shows (moves under ``tol`` nats count as none); the paper's effects are
+    named only for the phases whose method produces them."""
     d = change.delta
     up, down = (lambda f: d.get(f, 0.0) > tol), (lambda f: d.get(f, 0.0) < -tol)
-    if change.phase == "sft" or ("rejected" in d and up("rejected") and up("chosen")):
+    if not any(up(f) or down(f) for f in d):
+        return f"nothing moved by more than {tol} nats"
+    if change.phase == "sft":
         if up("chosen") and up("other_chosen"):
             return "SFT pulls up y+ and other prompts' answers (y_j+)"
         return "y+ up" if up("chosen") else "y+ did not rise"
-    if down("chosen") and down("rejected") and up("argmax"):
-        return "squeezing: y+ and y− fall while the argmax y* rises"
-    if down("rejected") and up("argmax"):
-        return "y− pushed down, mass moves to the argmax y* (y+ still rising: its own positive gradient wins)"
-    if down("chosen") and down("rejected"):
-        return "y+ and y− both fall; y* did not rise"
-    if not any(up(f) or down(f) for f in d):
-        return f"nothing moved by more than {tol} nats"
-    return "no squeezing signature"
+    if change.phase in PREFERENCE_PHASES:
+        if down("chosen") and down("rejected") and up("argmax"):
+            return "squeezing: y+ and y− fall while the argmax y* rises"
+        if down("rejected") and up("argmax"):
+            return "y− pushed down, mass moves to the argmax y* (y+ still rising: its own positive gradient wins)"
+        if down("chosen") and down("rejected"):
+            return "y+ and y− both fall; y* did not rise"
+        if up("chosen") and up("rejected"):
+            return "y+ and y− both rose (no squeezing yet)"
+        return "no squeezing signature"
+    return _moves(d, up, down)
+
+
+def _moves(d: dict[str, float], up, down) -> str:
+    rose = [f for f in ("chosen", "rejected", "argmax") if up(f)]
+    fell = [f for f in ("chosen", "rejected", "argmax") if down(f)]
+    parts = ([" and ".join(rose) + " rose"] if rose else []) + ([" and ".join(fell) + " fell"] if fell else [])
+    return "; ".join(parts) or "the headline families did not move"
 
 
 def describe(change: PhaseChange, families: tuple[str, ...] = HEADLINE) -> str:

@@ -8,72 +8,36 @@ pass is shared by a prompt's ~12 responses) and derives the evaluation-time fami
 * ``initial_sample`` — the starting model's greedy response, generated once when tracking starts
   (``initial_samples.jsonl`` in the run directory) and scored like any other probe.
 
-Per evaluation the tracker writes one row per (step, prompt_id, family) to ``probe_table.jsonl``
+Per evaluation the tracker writes one row per (step, prompt_id, family) to the run's probe table
 (``step, prompt_id, family, logp, n_tokens, mean_logp, top1, entropy``; argmax rows also carry
-the y* ``text``) and one summary row to ``metrics.jsonl``::
-
-    {"step": s, "event": "probes", "family_mean/<family>": ..., "family_delta/<family>": ...,
-     "signal/<name>": ..., <keys returned by callbacks>}
+the y* ``text``) and one :class:`~lldyn.rundir.TrackSummary` to its metrics: per-family means, mean
+changes since the first evaluation, the squeeze signals and the keys returned by callbacks.
 
 The *squeeze signals* (paper Sec. 3.3 / 4.2: a large negative gradient on an unlikely y− squeezes
 mass into the argmax) are the mean top-1 probability and entropy along the y+ and y− positions and
 log π of y+, y−, y*. A tracker callback ``fn(summary, history) -> dict | None`` sees every summary
 (the squeeze alarm plugs in here); the keys it returns are merged into that step's metrics row.
 
-Under ``accelerate`` every rank scores the probes of its share of the prompts and a ``gather``
-function (accelerate's ``gather_object``) brings all rows to every rank; only rank 0 writes.
+Under ``accelerate`` every rank scores the probes of its share of the prompts and
+:meth:`lldyn.distributed.Processes.gather` brings all rows to every rank; only rank 0 writes.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from lldyn.distributed import Processes
 from lldyn.errors import LldynError
-from lldyn.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from lldyn.generation import GenerationConfig, generate
 from lldyn.probes import FAMILIES, Probe, ProbeSet
-from lldyn.rundir import CONFIG, PROBES, RunDir
+from lldyn.rundir import RunDir, TrackSummary
 from lldyn.scoring import ScoreConfig, ScoreRequest, argmax_text, score
 
-INITIAL_SAMPLES = "initial_samples.jsonl"
 SIGNALS = ("logp_chosen", "logp_rejected", "logp_argmax", "top1_chosen", "top1_rejected", "entropy_chosen",
            "entropy_rejected")
-
-
-@dataclass(frozen=True)
-class TrackSummary:
-    """One evaluation of the probes.
-
-    family_mean: mean log π over prompts, per family.
-    family_delta: mean over prompts of log π(step) − log π(step 0), per family.
-    signals: the squeeze signals (keys in :data:`SIGNALS`).
-    extra: keys the tracker callbacks returned for this step.
-    """
-
-    step: int
-    family_mean: dict[str, float]
-    family_delta: dict[str, float]
-    signals: dict[str, float]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def metrics_row(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"step": self.step, "event": "probes"}
-        row.update({f"family_mean/{k}": v for k, v in self.family_mean.items()})
-        row.update({f"family_delta/{k}": v for k, v in self.family_delta.items()})
-        row.update({f"signal/{k}": v for k, v in self.signals.items()})
-        row.update(self.extra)
-        return row
-
-    @classmethod
-    def from_metrics_row(cls, row: dict[str, Any]) -> "TrackSummary":
-        def part(prefix: str) -> dict[str, float]:
-            return {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix)}
-
-        known = ("step", "event", "family_mean/", "family_delta/", "signal/")
-        extra = {k: v for k, v in row.items() if not any(k == p or k.startswith(p) for p in known)}
-        return cls(int(row["step"]), part("family_mean/"), part("family_delta/"), part("signal/"), extra)
 
 
 TrackerCallback = Callable[[TrackSummary, list[TrackSummary]], "dict[str, Any] | None"]
@@ -82,10 +46,6 @@ TrackerCallback = Callable[[TrackSummary, list[TrackSummary]], "dict[str, Any] |
 def _mean(values: Iterable[float]) -> float:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     return sum(vals) / len(vals) if vals else float("nan")
-
-
-def _single_process_gather(obj: Any) -> list[Any]:
-    return [obj]
 
 
 class Tracker:
@@ -102,16 +62,15 @@ class Tracker:
         callbacks: ``fn(summary, history) -> dict | None`` (see module docstring).
         initial_sample: generate the ``initial_sample`` family when tracking starts.
         generation_config: for the initial samples (default: greedy, 64 new tokens).
-        rank, world_size, gather: distributed evaluation — this rank scores prompts
-            ``prompt_ids[rank::world_size]``; ``gather(obj)`` returns every rank's ``obj``.
+        processes: distributed evaluation — this rank scores prompts ``prompt_ids[rank::world]`` and
+            :meth:`~lldyn.distributed.Processes.gather` returns every rank's rows.
         progress: show a progress bar while scoring.
     """
 
     def __init__(self, model: Any, tokenizer: Any, probes: ProbeSet | str | Path, run: RunDir | str | Path | None = None,
                  every: int = 20, score_config: ScoreConfig = ScoreConfig(),
                  callbacks: Sequence[TrackerCallback] = (), *, initial_sample: bool = True,
-                 generation_config: Any = None, rank: int = 0, world_size: int = 1,
-                 gather: Callable[[Any], list[Any]] | None = None, progress: bool = False) -> None:
+                 generation_config: Any = None, processes: Processes = Processes(), progress: bool = False) -> None:
         if every < 1:
             raise LldynError(f"every must be >= 1, got {every}", field="every", expected="a positive number of steps")
         self.model = model
@@ -119,8 +78,7 @@ class Tracker:
         self.every = int(every)
         self.score_config = score_config
         self.callbacks = list(callbacks)
-        self.rank, self.world_size = int(rank), int(world_size)
-        self.gather = gather or _single_process_gather
+        self.processes = processes
         self.progress = progress
         self.want_initial_sample = initial_sample
         self.generation_config = generation_config
@@ -133,45 +91,39 @@ class Tracker:
         order = self.probes.prompt_ids
         self._prompt_rank = {pid: i for i, pid in enumerate(order)}
         self._family_rank = {f: i for i, f in enumerate(FAMILIES)}
-        self.local_prompt_ids = order[self.rank::self.world_size]
+        self.local_prompt_ids = order[processes.rank::processes.world]
         if self.run is not None:
             self._attach_run()
 
     # ------------------------------------------------------------------ run directory
     @property
     def is_writer(self) -> bool:
-        return self.rank == 0 and self.run is not None
+        return self.processes.is_main and self.run is not None
 
     def _attach_run(self) -> None:
         """Refuse a run directory that tracks another probe set; pick up history when resuming."""
         assert self.run is not None
-        path = self.run.path / PROBES
         static = self.probes.without_families(["initial_sample"])
-        if path.is_file():
-            existing = ProbeSet.load(path).without_families(["initial_sample"])
+        if self.run.probes_path.is_file():
+            existing = ProbeSet.load(self.run.probes_path).without_families(["initial_sample"])
             if existing.fingerprint() != static.fingerprint():
-                raise LldynError("the run directory tracks a different probe set", file=str(path),
+                raise LldynError("the run directory tracks a different probe set", file=str(self.run.probes_path),
                                  expected="the same probes as the run being resumed, or a new run directory")
-        elif self.rank == 0:
+        elif self.processes.is_main:
             self.run.path.mkdir(parents=True, exist_ok=True)
-            static.save(path)
-        if self.rank == 0 and not (self.run.path / CONFIG).is_file():
+            static.save(self.run.probes_path)
+        if self.processes.is_main:
             # a directory handed over as a bare path still describes itself (lldyn train and the TRL callback
             # write their own, fuller config.json first)
-            import dataclasses
-
             import lldyn
 
-            atomic_write_json(self.run.path / CONFIG, {
-                "kind": "tracker", "lldyn_version": lldyn.__version__, "every": self.every,
-                "initial_sample": self.want_initial_sample, "probes_sha256": static.fingerprint(),
-                "score": dataclasses.asdict(self.score_config)})
-        samples = self.run.path / INITIAL_SAMPLES
-        if samples.is_file() and not any(p.family == "initial_sample" for p in self.probes):
-            self.probes = self.probes.with_probes(
-                Probe(str(r["prompt_id"]), "initial_sample", r["prompt"], r["response"], tuple(r.get("source_ids", ())),
-                      r.get("method", "initial_sample")) for r in read_jsonl(samples))
-        self.history = [TrackSummary.from_metrics_row(r) for r in self.run.metrics() if r.get("event") == "probes"]
+            self.run.describe({"kind": "tracker", "lldyn_version": lldyn.__version__, "every": self.every,
+                               "initial_sample": self.want_initial_sample, "probes_sha256": static.fingerprint(),
+                               "score": dataclasses.asdict(self.score_config)})
+        samples = self.run.initial_samples()
+        if samples is not None and not any(p.family == "initial_sample" for p in self.probes):
+            self.probes = self.probes.with_probes(_initial_sample(r) for r in samples)
+        self.history = self.run.probe_summaries()
         if self.history:
             first = min(s.step for s in self.history)
             for r in self.run.iter_probe_table():
@@ -181,21 +133,17 @@ class Tracker:
     def _ensure_initial_samples(self) -> None:
         if not self.want_initial_sample or any(p.family == "initial_sample" for p in self.probes):
             return
-        from lldyn.generation import GenerationConfig, generate
-
         cfg = self.generation_config or GenerationConfig(max_new_tokens=64, template=self.score_config.template)
         chosen = {p.prompt_id: p for p in self.probes if p.family == "chosen"}
         local = [chosen[pid] for pid in self.local_prompt_ids]
         texts = generate(self.model, self.tokenizer, [p.prompt for p in local], cfg, progress=self.progress) if local else []
         mine = [Probe(p.prompt_id, "initial_sample", p.prompt, t, (p.prompt_id,),
                       f"greedy(max_new_tokens={cfg.max_new_tokens})").to_json() for p, t in zip(local, texts)]
-        rows = [r for part in self.gather(mine) for r in part]
+        rows = [r for part in self.processes.gather(mine) for r in part]
         rows.sort(key=lambda r: self._prompt_rank[r["prompt_id"]])
         if self.is_writer:
-            atomic_write_jsonl(self.run.path / INITIAL_SAMPLES, rows)  # type: ignore[union-attr]
-        self.probes = self.probes.with_probes(
-            Probe(r["prompt_id"], "initial_sample", r["prompt"], r["response"], tuple(r["source_ids"]), r["method"])
-            for r in rows)
+            self.run.write_initial_samples(rows)  # type: ignore[union-attr]
+        self.probes = self.probes.with_probes(_initial_sample(r) for r in rows)
 
     def rewind(self, step: int) -> None:
         """Forget evaluations after ``step`` (resuming from a checkpoint at ``step``; pair it with
@@ -234,7 +182,7 @@ class Tracker:
         """Evaluate all probes now, write the rows and the summary, run the callbacks."""
         start = time.perf_counter()
         self._ensure_initial_samples()
-        rows = [r for part in self.gather(self.evaluate()) for r in part]
+        rows = [r for part in self.processes.gather(self.evaluate()) for r in part]
         rows.sort(key=lambda r: (self._prompt_rank[r["prompt_id"]], self._family_rank[r["family"]]))
         for r in rows:
             r["step"] = step
@@ -252,8 +200,8 @@ class Tracker:
         self.history.append(summary)
         self.last_rows = rows
         if self.is_writer:
-            self.run.append_probe_rows([{k: r[k] for k in _COLUMNS if k in r} for r in rows])  # type: ignore[union-attr]
-            self.run.log_metrics(summary.metrics_row())  # type: ignore[union-attr]
+            self.run.append_probe_rows(rows)  # type: ignore[union-attr]
+            self.run.log(summary)  # type: ignore[union-attr]
         return summary
 
     def _summarise(self, step: int, rows: list[dict[str, Any]]) -> TrackSummary:
@@ -271,7 +219,9 @@ class Tracker:
         return TrackSummary(step, family_mean, family_delta, signals)
 
 
-_COLUMNS = ("step", "prompt_id", "family", "logp", "n_tokens", "mean_logp", "top1", "entropy", "text")
+def _initial_sample(row: dict[str, Any]) -> Probe:
+    return Probe(str(row["prompt_id"]), "initial_sample", row["prompt"], row["response"],
+                 tuple(row.get("source_ids", ())), row.get("method", "initial_sample"))
 
 
 def _row(prompt_id: str, family: str, logp: float, n_tokens: int, top1: float, entropy: float) -> dict[str, Any]:

@@ -66,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
     from lldyn import __version__
     from lldyn.generation import GenerationConfig, generate
     from lldyn.io import atomic_write_json, atomic_write_jsonl
-    from lldyn.judge import JUDGE_TEMPLATE, judge_both_orders, load_model_or_run, load_preference_source, load_prompts
-    from lldyn.judge import win_rate
+    from lldyn.judge import judge_both_orders, load_prompts, win_rate
+    from lldyn.preferences import JUDGE_TEMPLATE, load_preference_source
+    from lldyn.runs import load_model_or_run
 
     _check_args(args)
     prompts = load_prompts(args.prompts, args.split, args.limit)

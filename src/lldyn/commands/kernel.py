@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from lldyn.io import atomic_write_json
     from lldyn.probes import ProbeSet
     from lldyn.scoring import ScoreConfig
-    from lldyn.train import load_model_or_run
+    from lldyn.runs import load_model_or_run
 
     out = Path(args.out)
     if out.suffix.lower() != ".png" or out.is_dir():

@@ -12,8 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "the exact decomposition -eta*A*K*G. Writes results.json and figures/ into --out.")
     p.add_argument("--out", required=True, help="run directory to create (results.json, figures/)")
     p.add_argument("--data", default=None,
-                   help="folder with *images-idx3-ubyte[.gz] and *labels-idx1-ubyte[.gz] (default: the "
-                        "project's ../shared/data/mnist if present, else scikit-learn's 8x8 digits)")
+                   help="folder with MNIST's *images-idx3-ubyte[.gz] and *labels-idx1-ubyte[.gz] (the standard "
+                        "files; default: scikit-learn's 8x8 digits, upsampled, an offline stand-in that is not MNIST)")
     p.add_argument("--config", default=None, help="TOML file with MnistConfig settings (flags win)")
     p.add_argument("--train-size", type=int, default=None, help="training images (default 2000)")
     p.add_argument("--test-size", type=int, default=None, help="held-out images for accuracy and probes (default 1000)")
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lldyn.config import load_config
-    from lldyn.mnist import QUICK, MnistConfig, run_mnist
+    from lldyn.experiments.mnist import QUICK, MnistConfig, run_mnist
 
     overrides = dict(QUICK) if args.quick else {}
     flags = {"data": args.data, "train_size": args.train_size, "test_size": args.test_size,

@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from lldyn.data import load_preferences, load_sft
     from lldyn.io import atomic_write_jsonl
     from lldyn.scoring import ScoreRequest, score
-    from lldyn.train import load_model_or_run
+    from lldyn.runs import load_model_or_run
 
     out, config = scoring_inputs(args)
     requests, keys = _requests(args, load_preferences, load_sft)

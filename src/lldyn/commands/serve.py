@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from lldyn.errors import LldynError
-    from lldyn.judge import load_model_or_run
+    from lldyn.runs import load_model_or_run
     from lldyn.serve import make_server
 
     if not 0 <= args.port <= 65535:

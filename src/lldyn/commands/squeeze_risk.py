@@ -1,6 +1,6 @@
 """``lldyn squeeze-risk``: rank preference pairs by their squeeze risk before training.
 
-Scores every pair at the starting weights (:mod:`lldyn.squeeze_risk`: the risk score from the
+Scores every pair at the starting weights (:mod:`lldyn.squeeze.risk`: the risk score from the
 engine's per-token statistics along y−, and the CHES baseline of Razin et al. 2024) and writes one
 JSONL row per pair, riskiest first, so that risky pairs can be filtered out or down-weighted.
 """
@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from lldyn.data import load_preferences
     from lldyn.io import atomic_write_jsonl
-    from lldyn.squeeze_risk import SqueezeRiskConfig, rank_pairs, squeeze_risk
-    from lldyn.train import load_model_or_run
+    from lldyn.runs import load_model_or_run
+    from lldyn.squeeze.risk import SqueezeRiskConfig, rank_pairs, squeeze_risk
 
     out, score_config = scoring_inputs(args)
     config = SqueezeRiskConfig(beta=args.beta, score=score_config, ches=not args.no_ches)

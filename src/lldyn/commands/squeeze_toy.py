@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lldyn.errors import LldynError
-    from lldyn.squeeze import run_squeeze_toy
+    from lldyn.experiments.squeeze_toy import run_squeeze_toy
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():

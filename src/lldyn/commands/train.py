@@ -74,6 +74,7 @@ def overrides(args: argparse.Namespace, cls: type) -> dict[str, typing.Any]:
 
 def run(args: argparse.Namespace) -> int:
     from lldyn.config import load_config
+    from lldyn.distributed import leave_process_group
     from lldyn.train import TrainConfig, train
 
     cfg = load_config(TrainConfig, args.config, overrides(args, TrainConfig))
@@ -89,17 +90,6 @@ def run(args: argparse.Namespace) -> int:
         print("change since step 0 (nats): " + ", ".join(
             f"{k} {v:+.2f}" for k, v in d.items() if k in ("chosen", "rejected", "argmax", "other_chosen")))
     return 0
-
-
-def leave_process_group() -> tuple[int, int]:
-    """(rank, number of processes); the process group train() joined under ``accelerate launch`` is closed."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return 0, 1
-    rank, world = dist.get_rank(), dist.get_world_size()
-    dist.destroy_process_group()
-    return rank, world
 
 
 def check_before_writing(cfg) -> None:

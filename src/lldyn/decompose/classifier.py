@@ -30,6 +30,7 @@ from lldyn.losses import token_residual
 
 __all__ = [
     "AKG",
+    "adaptation_matrix",
     "Comparison",
     "compare",
     "cross_entropy_residual",
@@ -86,9 +87,13 @@ def softmax_jacobian(logits: torch.Tensor) -> torch.Tensor:
     Returns:
         (N, V, V) with ``A[n, i, j] = δ_ij − π_j``.
     """
-    probs = torch.softmax(logits, dim=-1)
-    eye = torch.eye(logits.shape[-1], dtype=logits.dtype, device=logits.device)
-    return eye.expand(logits.shape[0], -1, -1) - probs[:, None, :]
+    return adaptation_matrix(torch.softmax(logits, dim=-1))
+
+
+def adaptation_matrix(probs: torch.Tensor) -> torch.Tensor:
+    """:func:`softmax_jacobian` given π: A = I − 1πᵀ. probs (N, V) → (N, V, V)."""
+    eye = torch.eye(probs.shape[-1], dtype=probs.dtype, device=probs.device)
+    return eye.expand(probs.shape[0], -1, -1) - probs[:, None, :]
 
 
 def cross_entropy_residual(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence, Union
 
 import torch
@@ -54,12 +53,13 @@ from lldyn.config import check
 from lldyn.data import Prompt
 from lldyn.decompose.classifier import compare
 from lldyn.errors import LldynError
-from lldyn.io import append_jsonl
+from lldyn.losses import UpdateTerm
 from lldyn.probes import Probe
-from lldyn.scoring import EncodedPair, Encoder, ScoreConfig, _stats_batches, collate, score_encoded, sequence_logps
+from lldyn.rundir import RunDir
+from lldyn.scoring import (EncodedPair, Encoder, ScoreConfig, collate, response_hidden_states, score_encoded,
+                           sequence_logps, stats_batches)
 
 __all__ = [
-    "DECOMPOSE_FILE",
     "PARTS",
     "DecomposeConfig",
     "FirstOrder",
@@ -67,7 +67,6 @@ __all__ = [
     "StepDecomposer",
     "StepDecomposition",
     "TokenKernel",
-    "UpdateTerm",
     "attribute_step",
     "first_order_prediction",
     "jvp_logps",
@@ -75,32 +74,16 @@ __all__ = [
     "naive_first_order_prediction",
     "optimizer_state_names",
     "optimizer_term_scale",
-    "response_hidden_states",
     "term_gradients",
     "trainable_parameters",
 ]
 
-DECOMPOSE_FILE = "decompose.jsonl"
 PARTS = ("chosen", "rejected", "response")
 ProbeLike = Union[Probe, "tuple[Prompt, str]"]
 Params = dict[str, torch.Tensor]
 
 
 # ----------------------------------------------------------------------------------------- values
-
-
-class UpdateTerm(NamedTuple):
-    """One term of a step's gradient: ∇θ(batch loss) = Σ weight · ∇θ log π(response | prompt).
-
-    weight = ∂(batch loss)/∂log π(y): the loss's residual coefficient divided by the batch size and
-    the gradient-accumulation steps (docs/CONTRACTS.md).
-    """
-
-    example_id: str
-    part: str  # "chosen", "rejected" or "response"
-    prompt: Prompt
-    response: str
-    weight: float
 
 
 class ProbeRef(NamedTuple):
@@ -219,7 +202,7 @@ class _ProbeLogps(nn.Module):
     def forward(self) -> torch.Tensor:
         device = _device(self.model)
         out = torch.zeros(len(self.encoded), dtype=torch.float32, device=device)
-        for order, stats in _stats_batches(self.model, self.encoded, self.pad_id, self.config):
+        for order, stats in stats_batches(self.model, self.encoded, self.pad_id, self.config):
             out = out.index_put((torch.tensor(order, device=device),), stats.logps.float())
         return out
 
@@ -492,7 +475,7 @@ class StepDecomposer:
         self.config = config
         self.refs, texts = _probe_refs(probes)
         self.encoded = _encode(tokenizer, texts, config.score)
-        self.path = None if run is None else Path(getattr(run, "path", run)) / DECOMPOSE_FILE
+        self.run = None if run is None else (run if isinstance(run, RunDir) else RunDir(run))
         self.last: StepDecomposition | None = None
         self._pending: _Pending | None = None
 
@@ -536,8 +519,8 @@ class StepDecomposer:
         delta_sq = sum(float(((p - pending.theta[n]).double() ** 2).sum())
                        for n, p in trainable_parameters(model).items())
         rows = self._rows(step, result)
-        if self.path is not None:
-            append_jsonl(self.path, rows)
+        if self.run is not None:
+            self.run.append_decompose_rows(rows)
         return self._summary(result, rows, {
             "decompose/delta_theta_norm": math.sqrt(delta_sq),
             "decompose/grad_cosine": pending.grad_cosine,
@@ -590,26 +573,6 @@ class TokenKernel(NamedTuple):
     train_tokens: tuple[str, ...]
 
 
-def response_hidden_states(model: nn.Module, tokenizer: Any, prompt: Prompt, response: str,
-                           config: ScoreConfig = ScoreConfig()) -> torch.Tensor:
-    """(T, H) the hidden states the engine feeds the output layer to score the T response tokens.
-
-    Captured with a hook on ``model.get_output_embeddings()`` during :func:`lldyn.scoring.sequence_logps`,
-    so they are exactly the engine's (row t predicts response token t).
-    """
-    pair = _encode(tokenizer, [(prompt, response)], config)[0]
-    head = model.get_output_embeddings()
-    seen: list[torch.Tensor] = []
-    hook = head.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
-    try:
-        with _EvalMode(model), torch.no_grad():
-            sequence_logps(model, collate([pair], tokenizer.pad_token_id).to(_device(model)),
-                           chunk_size=config.chunk_size)
-    finally:
-        hook.remove()
-    return torch.cat(seen, dim=0)
-
-
 def last_layer_kernel(model: nn.Module, tokenizer: Any, probe: tuple[Prompt, str], train: tuple[Prompt, str],
                       config: ScoreConfig = ScoreConfig()) -> TokenKernel:
     """Token-level eNTK of the unembedding layer alone between two responses (module docstring).
@@ -623,12 +586,11 @@ def last_layer_kernel(model: nn.Module, tokenizer: Any, probe: tuple[Prompt, str
     Returns:
         :class:`TokenKernel` with kernel (T_o, T_u), float32 on CPU.
     """
-    h_o = response_hidden_states(model, tokenizer, probe[0], probe[1], config).float()
-    h_u = response_hidden_states(model, tokenizer, train[0], train[1], config).float()
+    encoded = _encode(tokenizer, [probe, train], config)
+    h_o, h_u = response_hidden_states(model, encoded, tokenizer.pad_token_id)
     kernel = h_o @ h_u.T
     if getattr(model.get_output_embeddings(), "bias", None) is not None:
         kernel = kernel + 1.0
-    encoded = _encode(tokenizer, [probe, train], config)
 
     def pieces(ids: Sequence[int]) -> tuple[str, ...]:
         return tuple(tokenizer.decode([i]) for i in ids)

@@ -1,17 +1,17 @@
 """Figures of the LLM step decomposition: predicted vs actual, the +/− split per family, token kernels.
 
-Reads ``RUN/decompose.jsonl`` (rows written by :class:`lldyn.decompose.llm.StepDecomposer`) and writes
-PNGs into ``RUN/figures`` atomically. matplotlib's object API (no pyplot state), Agg canvas.
+Draws the rows of a run's ``decompose.jsonl`` (:meth:`lldyn.rundir.RunDir.decompose_rows`, written by
+:class:`lldyn.decompose.llm.StepDecomposer`) into PNGs wherever the caller says, atomically
+(:func:`lldyn.io.save_figure`). matplotlib's object API (no pyplot state).
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 from lldyn.decompose.classifier import pearson
-from lldyn.decompose.llm import DECOMPOSE_FILE, PARTS, TokenKernel
-from lldyn.io import atomic_write_bytes, read_jsonl
+from lldyn.decompose.llm import PARTS, TokenKernel
+from lldyn.io import save_figure
 
 __all__ = ["plot_decomposition", "plot_token_kernel"]
 
@@ -19,13 +19,7 @@ PART_COLOURS = {"chosen": "tab:green", "rejected": "tab:red", "response": "tab:b
 
 
 def _save(fig: Any, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_figure(fig, path, dpi=90, bbox_inches="tight")
 
 
 def _families(rows: list[dict[str, Any]]) -> list[str]:
@@ -84,21 +78,16 @@ def _parts_bars(rows: list[dict[str, Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_decomposition(run_dir: str | Path) -> list[Path]:
+def plot_decomposition(rows: list[dict[str, Any]], figures: str | Path, prefix: str = "decompose") -> list[Path]:
     """Predicted vs actual scatter (colour = probe family) and the per-family +/− split bar chart.
 
-    Writes ``figures/decompose-scatter.png`` and ``figures/decompose-parts.png`` under ``run_dir`` and
-    returns their paths; a run without ``decompose.jsonl`` (or with no rows) gives ``[]``.
+    rows: a run's decomposition rows. Writes ``<prefix>-scatter.png`` and ``<prefix>-parts.png`` into
+    ``figures`` and returns their paths; no rows give ``[]``.
     """
-    run_dir = Path(run_dir)
-    source = run_dir / DECOMPOSE_FILE
-    if not source.is_file():
-        return []
-    rows = list(read_jsonl(source))
     if not rows:
         return []
-    figures = run_dir / "figures"
-    return [_scatter(rows, figures / "decompose-scatter.png"), _parts_bars(rows, figures / "decompose-parts.png")]
+    figures = Path(figures)
+    return [_scatter(rows, figures / f"{prefix}-scatter.png"), _parts_bars(rows, figures / f"{prefix}-parts.png")]
 
 
 def plot_token_kernel(kernel: TokenKernel, path: str | Path, title: str | None = None) -> Path:

@@ -14,7 +14,7 @@ TensorBoard or W&B receive them) under keys ``lldyn/family_mean/<family>``, ... 
 also writes a run directory (``lldyn report OUT`` draws it).
 
 Under ``accelerate launch`` every process scores the probes of its share of the prompts; the rows
-are gathered with ``accelerate.utils.gather_object`` and only the main process writes.
+are gathered (:class:`lldyn.distributed.Processes`, as in lldyn's own loop) and only the main process writes.
 """
 from __future__ import annotations
 
@@ -27,11 +27,13 @@ from typing import Any, Sequence
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler
 
+from lldyn.distributed import Processes
+from lldyn.errors import LldynError
 from lldyn.probes import ProbeSet
-from lldyn.rundir import RunDir
+from lldyn.rundir import RunDir, TrackSummary
 from lldyn.scoring import ScoreConfig
 from lldyn.squeeze import SqueezeAlarm
-from lldyn.tracking import Tracker, TrackerCallback, TrackSummary
+from lldyn.tracking import Tracker, TrackerCallback
 
 log = logging.getLogger("lldyn")
 PREFIX = "lldyn/"
@@ -40,13 +42,6 @@ PREFIX = "lldyn/"
 def _method_of(args: Any) -> str:
     name = type(args).__name__
     return name[:-len("Config")].lower() if name.endswith("Config") else "trainer"
-
-
-def _gather_across_processes(obj: Any) -> list[Any]:
-    """Every process's ``obj``, in rank order (accelerate flattens one list level, hence ``[obj]``)."""
-    from accelerate.utils import gather_object
-
-    return list(gather_object([obj]))
 
 
 class LearningDynamicsCallback(TrainerCallback):
@@ -120,15 +115,13 @@ class LearningDynamicsCallback(TrainerCallback):
 
         tokenizer = self.tokenizer or getattr(processing_class, "tokenizer", None) or processing_class
         if model is None or tokenizer is None:
-            from lldyn.errors import LldynError
-
             raise LldynError("the trainer passed no model or processing_class to the callback",
                              field="processing_class", expected="Trainer(..., processing_class=tokenizer) or "
                              "LearningDynamicsCallback(..., tokenizer=tokenizer)")
-        dist = PartialState()
+        procs = Processes.of(PartialState())
         run = None
         if self.out is not None:
-            if dist.is_main_process:
+            if procs.is_main:
                 lr = float(args.learning_rate)
                 config = {"source": "LearningDynamicsCallback", "method": _method_of(args),
                           "label": self.label or f"{_method_of(args)} lr={lr:g}",
@@ -142,7 +135,7 @@ class LearningDynamicsCallback(TrainerCallback):
                 run = RunDir.create(self.out, config, resume=resumed)
                 if resumed:
                     run.truncate_after(state.global_step)
-            dist.wait_for_everyone()
+            procs.wait()
             run = RunDir(self.out)
         callbacks = list(self.callbacks)
         alarm = hasattr(args, "beta") if self.squeeze_alarm is None else self.squeeze_alarm
@@ -150,9 +143,7 @@ class LearningDynamicsCallback(TrainerCallback):
             callbacks.append(SqueezeAlarm())
         return Tracker(model, tokenizer, self.probes, run=run, every=self.every, score_config=self.score_config,
                        callbacks=callbacks, initial_sample=self.initial_sample,
-                       generation_config=self.generation_config, rank=dist.process_index,
-                       world_size=dist.num_processes,
-                       gather=_gather_across_processes if dist.num_processes > 1 else None)
+                       generation_config=self.generation_config, processes=procs)
 
     def _track(self, args, state, control) -> None:
         assert self.tracker is not None
@@ -162,7 +153,7 @@ class LearningDynamicsCallback(TrainerCallback):
 
     def _emit(self, args, state, control, summary: TrackSummary) -> None:
         """Log like ``Trainer.log``: append to ``state.log_history`` and call every callback's ``on_log``."""
-        logs = {PREFIX + k: float(v) for k, v in summary.metrics_row().items()  # booleans (the alarm) as 0/1
+        logs = {PREFIX + k: float(v) for k, v in summary.to_json().items()  # booleans (the alarm) as 0/1
                 if k not in ("step", "event") and isinstance(v, (int, float)) and math.isfinite(float(v))}
         state.log_history.append({**logs, "step": state.global_step})
         if self._handler is not None:
@@ -175,4 +166,4 @@ class LearningDynamicsCallback(TrainerCallback):
 
     def metrics(self) -> list[dict[str, Any]]:
         """The tracker's metric rows so far (one per evaluation)."""
-        return [s.metrics_row() for s in (self.tracker.history if self.tracker else [])]
+        return [s.to_json() for s in (self.tracker.history if self.tracker else [])]

@@ -1,7 +1,7 @@
 """Squeeze risk before training: which preference pairs will off-policy DPO squeeze?
 
 At step 0 every pair is scored from quantities the squeezing theory names (Ren & Sutherland,
-Sec. 3.3 and App. C; :mod:`lldyn.squeeze` has the toy), all read from the one log-prob engine
+Sec. 3.3 and App. C; :mod:`lldyn.experiments.squeeze_toy` has the toy), all read from the one log-prob engine
 (:func:`lldyn.scoring.score` with ``per_token=True``) along the rejected response y−, position by
 position t = 1..T (EOS included):
 
@@ -31,7 +31,7 @@ Baseline (Razin et al. 2024, "Unintentional Unalignment: Likelihood Displacement
 with h the last hidden states (the output layer's input) at the positions that predict each response
 token, and its length-normalised form ``ches_ln`` = ⟨Σh+, Σh−⟩/(T+ T−) − ‖Σh+‖²/T+². Higher = more
 likely displacement. Hidden states come from the decoder on the engine's own encoding
-(:class:`lldyn.scoring.Encoder`, :func:`lldyn.scoring.collate`), so both scores see the same tokens.
+(:func:`lldyn.scoring.response_hidden`), so both scores see the same tokens.
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ import torch
 from lldyn.config import check
 from lldyn.data import PreferenceExample
 from lldyn.losses import dpo_loss
-from lldyn.scoring import Encoder, ScoreConfig, ScoreRequest, ScoreResult, TokenBatch, collate, score
+from lldyn.scoring import (Encoder, ScoreConfig, ScoreRequest, ScoreResult, TokenBatch, collate, response_hidden,
+                           score)
 
 
 @dataclass(frozen=True)
@@ -182,21 +183,11 @@ def rank_pairs(risks: Sequence[PairRisk]) -> list[PairRisk]:
 
 
 def response_hidden_sums(model: Any, batch: TokenBatch) -> torch.Tensor:
-    """Σ_k h_{x,y,<k} for each sequence of ``batch``: (B, H) float64.
-
-    h is the decoder's last hidden state (after the final norm, the output layer's input) at the
-    positions that predict each response token, EOS included: ``response_start − 1 + k`` for
-    k < ``response_len``, the same positions :func:`lldyn.scoring.sequence_logps` reads.
-    """
-    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                 position_ids=batch.position_ids, use_cache=False).last_hidden_state  # (B, L, H)
-    B, L, H = hidden.shape
-    T = int(batch.response_len.max())
-    t = torch.arange(T, device=hidden.device)
-    mask = t[None, :] < batch.response_len[:, None]  # (B, T)
-    pos = (batch.response_start[:, None] - 1 + t[None, :]).clamp(0, L - 1)
-    h = hidden.gather(1, pos[..., None].expand(B, T, H)).double()
-    return (h * mask[..., None]).sum(1)
+    """Σ_k h_{x,y,<k} for each sequence of ``batch``: (B, H) float64, over the engine's response positions
+    (:func:`lldyn.scoring.response_hidden`: the output layer's input at the positions that predict each
+    response token, EOS included)."""
+    h, _, mask = response_hidden(model, batch)
+    return (h.double() * mask[..., None]).sum(1)
 
 
 def ches_from_sums(sum_chosen: torch.Tensor, sum_rejected: torch.Tensor, n_chosen: torch.Tensor,

@@ -36,6 +36,7 @@ from torch import nn
 
 from lldyn.config import check, config_to_dict
 from lldyn.errors import LldynError
+from lldyn.rundir import RunDir, TrainRow
 
 N_CLASSES = 10
 IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions (N, rows, cols)
@@ -193,22 +194,11 @@ def load_digits_28() -> Digits:
                   "sklearn load_digits (8x8, upsampled to 28x28) - offline fallback, NOT MNIST", False)
 
 
-def default_data_dir() -> Path | None:
-    """The project's shared MNIST copy (``../shared/data/mnist`` from the repo root), if present."""
-    here = Path(__file__).resolve()
-    for root in (here.parents[2], Path.cwd()):
-        folder = root.parent / "shared" / "data" / "mnist"
-        if folder.is_dir() and any("images-idx3-ubyte" in p.name for p in folder.iterdir()):
-            return folder
-    return None
-
-
 def load_data(config: MnistConfig) -> Digits:
-    """``config.data`` if given (errors if unusable), else the shared MNIST copy, else load_digits."""
+    """``config.data`` (a folder of MNIST IDX files; errors if unusable), else the offline load_digits stand-in."""
     if config.data is not None:
         return load_mnist(config.data)
-    folder = default_data_dir()
-    return load_mnist(folder) if folder is not None else load_digits_28()
+    return load_digits_28()
 
 
 class Split(NamedTuple):
@@ -376,7 +366,6 @@ class MnistResult(NamedTuple):
 
 def run_mnist(config: MnistConfig, out: str | Path, log: Callable[[str], None] = print) -> MnistResult:
     """Train the LeNet, analyse the checkpoints, write results.json and figures into ``out``."""
-    from lldyn.rundir import RunDir
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -411,10 +400,10 @@ def run_mnist(config: MnistConfig, out: str | Path, log: Callable[[str], None] =
         else:
             train_loss = evaluate(model, split.train_x, split.train_y)[0]
         test_loss, test_acc = evaluate(model, split.test_x, split.test_y)
-        row = {"step": epoch * steps_per_epoch, "event": "train", "epoch": epoch, "loss": train_loss,
-               "test_loss": test_loss, "test_accuracy": test_acc}
-        run.log_metrics(row)
-        history.append(row)
+        row = TrainRow(epoch * steps_per_epoch, "mnist", epoch * steps_per_epoch, train_loss, config.lr, math.nan,
+                       math.nan, {"epoch": epoch, "test_loss": test_loss, "test_accuracy": test_acc})
+        run.log(row)
+        history.append(row.to_json())
         msg = f"epoch {epoch:3d}  train loss {train_loss:.4f}  test loss {test_loss:.4f}  test acc {test_acc:.3f}"
         if epoch in resolved.checkpoints:
             a = analyse_checkpoint(model, epoch, probe_x, probe_y, update_x, update_y, config.probe_lr)

@@ -4,32 +4,28 @@ Imposing a negative gradient on a label y− (raising the loss ``+log π(y−)``
 rejected response) lowers π(y−) as intended, but the mass it frees is not shared fairly: it is
 *squeezed* into the most likely label y*, while most labels below y* lose mass too ("rich get
 richer"). The effect is strongest when π(y−) is already small (a "valley" label, typical of
-off-policy DPO) and when π is peaky. This module holds
+off-policy DPO) and when π is peaky.
 
-- the theory toy (``# --- theory toy ---``): a linear softmax head z = W x, π = softmax(z), trained
-  by plain gradient steps, with the metrics and claims behind ``lldyn squeeze-toy`` and
-  ``docs/squeezing.md``;
-- the live squeeze alarm (``# --- live alarm ---``): a tracker callback that flags evaluations where
-  log π of y+ and y− both fall while log π(y*) and the top-1 mass rise, and the intervals the
-  report shades. The squeeze risk predicted before training is in :mod:`lldyn.squeeze_risk`.
+This experiment is the paper's theory toy: a linear softmax head z = W x, π = softmax(z), trained by
+plain gradient steps, with the metrics and claims behind ``lldyn squeeze-toy`` and
+``docs/squeezing.md``. Its A and G are the library's own (:func:`lldyn.decompose.classifier.adaptation_matrix`,
+:func:`lldyn.losses.residual_from_probs`). In real runs the effect is watched by the live alarm and
+predicted by the squeeze risk (:mod:`lldyn.squeeze`).
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import Sequence
 
 import torch
 
 from lldyn.config import check
+from lldyn.decompose.classifier import adaptation_matrix as _adaptation_matrices
+from lldyn.io import atomic_write_json, save_figure
+from lldyn.losses import residual_from_probs
 
-if TYPE_CHECKING:
-    from lldyn.tracking import TrackSummary
-
-# --- theory toy ---
-#
 # Multinomial logistic regression z = W x with W: (V, d), x: (d,), π = softmax(z) — the paper's
 # App. C illustration. Here the paper's step-wise decomposition is exact in z: a step W ← W − η G xᵀ
 # changes the logits at x by Δz = −η ‖x‖² G (the eNTK of a linear head is K = ‖x‖² I), and to first
@@ -222,9 +218,9 @@ def softmax_probs(W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def positive_residual(pi: torch.Tensor, label: int) -> torch.Tensor:
     """G = ∂L/∂z for a positive gradient on ``label`` (SFT, L = −log π_y): G = π − e_y. pi: (V,) → (V,).
 
-    The same G as :func:`lldyn.losses.token_residual` with coefficient c = −1 (the paper's SFT residual).
+    :func:`lldyn.losses.residual_from_probs` with coefficient c = −1 (the paper's SFT residual).
     """
-    return pi - _onehot(label, pi)
+    return _residual(pi, label, -1.0)
 
 
 def negative_residual(pi: torch.Tensor, label: int) -> torch.Tensor:
@@ -232,13 +228,16 @@ def negative_residual(pi: torch.Tensor, label: int) -> torch.Tensor:
 
     This is the sign DPO puts on the rejected response (its DPO residual, c− > 0).
     """
-    return _onehot(label, pi) - pi
+    return _residual(pi, label, 1.0)
+
+
+def _residual(pi: torch.Tensor, label: int, coef: float) -> torch.Tensor:
+    return residual_from_probs(pi[None], torch.tensor([label]), torch.tensor([coef], dtype=pi.dtype))[0]
 
 
 def adaptation_matrix(pi: torch.Tensor) -> torch.Tensor:
     """A = I − 1πᵀ, the paper's adaptation matrix: Δ log π = A Δz to first order. pi: (V,) → (V, V)."""
-    V = pi.shape[0]
-    return torch.eye(V, dtype=pi.dtype) - torch.ones(V, 1, dtype=pi.dtype) * pi[None, :]
+    return _adaptation_matrices(pi[None])[0]
 
 
 def first_order_change(pi: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, lr: float) -> torch.Tensor:
@@ -559,8 +558,6 @@ def run_squeeze_toy(out_dir: str | Path, seed: int = 0,
     ``config`` overrides every knob (its seed wins over ``seed``). Files are written atomically;
     a re-run into the same directory replaces them.
     """
-    from lldyn.io import atomic_write_json
-
     config = config or SqueezeToyConfig(seed=seed)
     out = Path(out_dir)
     cases, prob_sweep, peak_sweep, claims = compute_toy(config)
@@ -640,7 +637,7 @@ def _plot_case(case: ToyCase, path: Path) -> Path:
     ax_path.legend(fontsize=7)
     fig.suptitle(case.title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_sweeps(prob_sweep: Sequence[SweepPoint], peak_sweep: Sequence[SweepPoint], path: Path) -> Path:
@@ -666,21 +663,7 @@ def _plot_sweeps(prob_sweep: Sequence[SweepPoint], peak_sweep: Sequence[SweepPoi
     ax_p.set_title("peakier π: stronger squeeze (y− = valley)", fontsize=9)
     ax_p.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    from lldyn.io import atomic_write_bytes
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_figure(fig, path)
 
 
 def _onehot(label: int, like: torch.Tensor) -> torch.Tensor:
@@ -727,161 +710,3 @@ def _fmt(v) -> str:
     return f"{v:.3g}"
 
 
-# --- live alarm ---
-#
-# The tracker's squeeze signals (lldyn.tracking.SIGNALS, means over the probe prompts) at two
-# evaluations are compared: off-policy DPO squeezes when log π(y+) and log π(y−) both fall while the
-# teacher-forced argmax y* and the top-1 probability along the responses rise (paper Sec. 4.2 and
-# Fig. 4: the mass freed by the negative gradient goes to the argmax, not to y+).
-
-log = logging.getLogger("lldyn")
-
-ALARM_DELTAS = ("logp_chosen", "logp_rejected", "logp_argmax", "top1")
-
-
-@dataclass(frozen=True)
-class SqueezeAlarmConfig:
-    """When the squeeze alarm fires.
-
-    logp_tol: nats; a mean log π (summed over response tokens) must fall, or rise, by more than this
-        to count, both since the previous evaluation and since the first one.
-    top1_tol: the same for the mean top-1 probability along the y+ and y− positions.
-    """
-
-    logp_tol: float = 0.05
-    top1_tol: float = 1e-3
-
-    def __post_init__(self) -> None:
-        check(self.logp_tol >= 0, "logp_tol", f"must be >= 0, got {self.logp_tol}", "a tolerance in nats")
-        check(self.top1_tol >= 0, "top1_tol", f"must be >= 0, got {self.top1_tol}", "a probability tolerance")
-
-
-def squeeze_deltas(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
-    """The four alarm deltas between two evaluations' signals (keys of ``lldyn.tracking.SIGNALS``).
-
-    Returns ``logp_chosen``, ``logp_rejected``, ``logp_argmax``: changes of mean log π(y+), log π(y−),
-    log π(y*); ``top1``: change of the top-1 mass, the mean of ``top1_chosen`` and ``top1_rejected``.
-    A missing signal gives NaN (and so no alarm).
-    """
-    def get(signals: Mapping[str, float], key: str) -> float:
-        value = signals.get(key)
-        return math.nan if value is None else float(value)
-
-    def top1(signals: Mapping[str, float]) -> float:
-        return 0.5 * (get(signals, "top1_chosen") + get(signals, "top1_rejected"))
-
-    out = {k: get(after, k) - get(before, k) for k in ALARM_DELTAS[:3]}
-    out["top1"] = top1(after) - top1(before)
-    return out
-
-
-def is_squeezing(deltas: Mapping[str, float], config: SqueezeAlarmConfig = SqueezeAlarmConfig()) -> bool:
-    """y+ and y− fall, y* and the top-1 mass rise, each beyond its tolerance (NaN never counts)."""
-    tol = config.logp_tol
-    return bool(deltas["logp_chosen"] < -tol and deltas["logp_rejected"] < -tol
-                and deltas["logp_argmax"] > tol and deltas["top1"] > config.top1_tol)
-
-
-def squeeze_flags(signals: Sequence[Mapping[str, float]],
-                  config: SqueezeAlarmConfig = SqueezeAlarmConfig()) -> list[bool]:
-    """Alarm state of each evaluation, in step order: squeezing compared with the previous one *and*
-    with the first one (``signals[0]``, step 0). The first evaluation never fires."""
-    flags = [False]
-    for i in range(1, len(signals)):
-        flags.append(is_squeezing(squeeze_deltas(signals[i - 1], signals[i]), config)
-                     and is_squeezing(squeeze_deltas(signals[0], signals[i]), config))
-    return flags[:len(signals)]
-
-
-def _interval_start(steps: Sequence[int], flags: Sequence[bool], last: int) -> int:
-    """Start of the run of alarms ending at index ``last``: the evaluation before its first alarm
-    (the squeeze is measured from there)."""
-    first = last
-    while first > 0 and flags[first - 1]:
-        first -= 1
-    return steps[first - 1] if first > 0 else steps[first]
-
-
-class SqueezeAlarm:
-    """Tracker callback ``fn(summary, history) -> dict`` (see ``lldyn.tracking``) for the squeeze.
-
-    Returns, for every evaluation, ``squeeze/alarm`` (bool) and ``squeeze/since_step`` (the step of
-    the evaluation from which the current run of alarms is measured, None when silent), plus the
-    four deltas since the previous evaluation ``squeeze/d_logp_chosen``, ``squeeze/d_logp_rejected``,
-    ``squeeze/d_logp_argmax``, ``squeeze/d_top1`` (absent at the first evaluation). When it fires it
-    logs one warning line on the ``lldyn`` logger.
-
-    ``from_step`` is the evaluation the squeeze is measured from: the start of the preference phase.
-    In a one-run SFT → DPO pipeline that is the end of SFT, not step 0: SFT first lifts y+ by many
-    nats, and measured from step 0 DPO would have to undo all of it before the alarm could fire.
-    Evaluations before ``from_step`` never fire.
-
-    Stateless: the state is recomputed from ``history`` (which ends with ``summary``), so a resumed
-    run gives the same answers as an uninterrupted one.
-    """
-
-    def __init__(self, config: SqueezeAlarmConfig = SqueezeAlarmConfig(), from_step: int = 0) -> None:
-        self.config = config
-        self.from_step = from_step
-
-    def __call__(self, summary: "TrackSummary", history: Sequence["TrackSummary"]) -> dict[str, Any]:
-        evals = sorted({s.step: s for s in [*history, summary]}.values(), key=lambda s: s.step)
-        evals = [s for s in evals if self.from_step <= s.step <= summary.step]
-        if len(evals) < 2:
-            return {"squeeze/alarm": False, "squeeze/since_step": None}
-        flags = squeeze_flags([s.signals for s in evals], self.config)
-        steps = [s.step for s in evals]
-        deltas = squeeze_deltas(evals[-2].signals, evals[-1].signals)
-        firing = flags[-1]
-        since = _interval_start(steps, flags, len(flags) - 1) if firing else None
-        out: dict[str, Any] = {"squeeze/alarm": firing, "squeeze/since_step": since}
-        out.update({f"squeeze/d_{k}": v for k, v in deltas.items()})
-        if firing:
-            log.warning(
-                "squeeze alarm at step %d (squeezing since step %d): since step %d, log π(y+) %+.3f, "
-                "log π(y−) %+.3f, log π(y*) %+.3f, top-1 prob %+.4f: the negative gradient is pushing mass "
-                "into the argmax (see docs/squeezing.md)", summary.step, since, steps[-2],
-                deltas["logp_chosen"], deltas["logp_rejected"], deltas["logp_argmax"], deltas["top1"])
-        return out
-
-
-def squeeze_alarm(config: SqueezeAlarmConfig = SqueezeAlarmConfig(), from_step: int = 0) -> SqueezeAlarm:
-    """The squeeze alarm as a tracker callback: ``Tracker(..., callbacks=[squeeze_alarm()])``."""
-    return SqueezeAlarm(config, from_step)
-
-
-def preference_start(metrics_rows: Iterable[Mapping[str, Any]]) -> int:
-    """The step at which a run's preference phase starts: the step before its first training row of a
-    non-SFT phase (``phase`` key of ``event == "train"`` rows); 0 when the rows name no phase (a TRL
-    callback's run, a single-method run)."""
-    starts = [int(r["step"]) - 1 for r in metrics_rows
-              if r.get("event") == "train" and r.get("phase") not in (None, "sft") and "step" in r]
-    return max(0, min(starts)) if starts else 0
-
-
-def squeeze_intervals(metrics_rows: Iterable[Mapping[str, Any]],
-                      config: SqueezeAlarmConfig = SqueezeAlarmConfig()) -> list[tuple[int, int]]:
-    """Step intervals ``(start, end)`` during which the alarm fired, for the report to shade.
-
-    metrics_rows: a run's ``metrics.jsonl`` rows; only ``event == "probes"`` rows are read (the last
-    row of a step wins). A row's recorded ``squeeze/alarm`` is used when present; otherwise the alarm
-    is recomputed from its ``signal/*`` keys with ``config``, measured from the start of the preference
-    phase (:func:`preference_start`), so runs tracked without the callback are shaded too. ``start`` is
-    the evaluation before the first alarm of a run of alarms, ``end`` the last alarm's step.
-    """
-    metrics_rows = list(metrics_rows)
-    from_step = preference_start(metrics_rows)
-    by_step: dict[int, Mapping[str, Any]] = {}
-    for row in metrics_rows:
-        if row.get("event") == "probes" and "step" in row and int(row["step"]) >= from_step:
-            by_step[int(row["step"])] = row
-    steps = sorted(by_step)
-    rows = [by_step[s] for s in steps]
-    computed = squeeze_flags([{k[len("signal/"):]: v for k, v in r.items() if k.startswith("signal/")}
-                              for r in rows], config)
-    flags = [bool(r["squeeze/alarm"]) if r.get("squeeze/alarm") is not None else c for r, c in zip(rows, computed)]
-    intervals = []
-    for i, on in enumerate(flags):
-        if on and (i + 1 == len(flags) or not flags[i + 1]):
-            intervals.append((_interval_start(steps, flags, i), steps[i]))
-    return intervals

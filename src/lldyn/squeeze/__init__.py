@@ -1,0 +1,12 @@
+"""The squeezing effect in real runs (Ren & Sutherland, Sec. 3.3): seen live, and predicted before training.
+
+:mod:`lldyn.squeeze.alarm`: the live alarm, a tracker callback that fires while y+ and y− fall and the
+argmax y* rises. :mod:`lldyn.squeeze.risk`: a per-pair squeeze risk score at step 0 and the CHES baseline.
+The theory toy that explains the effect is an experiment: :mod:`lldyn.experiments.squeeze_toy`.
+"""
+from lldyn.squeeze.alarm import (SqueezeAlarm, SqueezeAlarmConfig, is_squeezing, squeeze_alarm, squeeze_deltas,
+                                 squeeze_flags, squeeze_intervals)
+from lldyn.squeeze.risk import PairRisk, SqueezeRiskConfig, rank_pairs, squeeze_risk
+
+__all__ = ["PairRisk", "SqueezeAlarm", "SqueezeAlarmConfig", "SqueezeRiskConfig", "is_squeezing", "rank_pairs",
+           "squeeze_alarm", "squeeze_deltas", "squeeze_flags", "squeeze_intervals", "squeeze_risk"]

@@ -1,0 +1,181 @@
+"""What a training run is: :class:`TrainConfig` (written resolved to ``config.json``) and its phases.
+
+Methods are phase lists:
+
+==========  ================================================================================
+sft         SFT on (x, y+)
+dpo …       one pairwise phase (dpo, ipo, slic, simpo); reference = the starting model
+sft_dpo     SFT on (x, y+), then DPO with the SFT model as reference (the usual pipeline)
+extend      SFT on (x, y+) *and* (x, y−), then DPO with that model as reference (paper Sec. 4.3)
+==========  ================================================================================
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from lldyn.config import build_config, check, config_to_dict
+from lldyn.losses import PREFERENCE_LOSSES
+from lldyn.models import ModelConfig
+from lldyn.rundir import RunDir
+from lldyn.runs import model_config
+from lldyn.scoring import ScoreConfig
+
+METHODS = ("sft", "dpo", "ipo", "slic", "simpo", "extend", "sft_dpo")
+OPTIMIZERS = ("adamw", "rmsprop", "sgd")
+SCHEDULERS = ("constant", "linear", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs; written resolved to ``config.json``.
+
+    Length of a phase: ``steps`` optimizer steps if given, else ``epochs`` passes over the data.
+    The first (SFT) phase of ``extend``/``sft_dpo`` uses ``sft_steps``/``sft_epochs``/``sft_lr``.
+    ``max_grad_norm`` 0 turns clipping off. ``eval_every`` 0 turns probe tracking off even with
+    ``probes``; ``checkpoint_every`` 0 checkpoints only at phase ends.
+    """
+
+    method: str = "dpo"
+    model: str = "smollm2-135m-instruct"
+    data: str = "builtin:train"
+    split: str = "train"
+    limit: int | None = None
+    skip_invalid: bool = False
+    probes: str | None = None
+    out: str = "runs/run"
+    ref: str | None = None
+    steps: int | None = None
+    epochs: float = 1.0
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 5e-6
+    warmup_steps: int = 0
+    scheduler: str = "constant"
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    max_grad_norm: float = 10.0
+    beta: float = 0.1
+    simpo_gamma: float = 0.5
+    sft_per_token: bool = False
+    template: bool = True
+    max_length: int = 512
+    max_prompt_tokens: int | None = 256
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+    lora_r: int = 0
+    lora_alpha: int = 16
+    eval_every: int = 20
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    sft_steps: int | None = None
+    sft_epochs: float = 1.0
+    sft_lr: float | None = None
+    on_policy: bool = False
+    preference_source: str | None = None
+    base_url: str | None = None
+    on_policy_refresh: int = 1
+    on_policy_max_new_tokens: int = 48
+    on_policy_temperature: float = 1.0
+    decompose_every: int = 0
+    initial_sample: bool = True
+    squeeze_alarm: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.method in METHODS, "method", f"unknown method {self.method!r}", "one of " + ", ".join(METHODS))
+        check(self.optimizer in OPTIMIZERS, "optimizer", f"unknown optimizer {self.optimizer!r}",
+              "one of " + ", ".join(OPTIMIZERS))
+        check(self.scheduler in SCHEDULERS, "scheduler", f"unknown scheduler {self.scheduler!r}",
+              "one of " + ", ".join(SCHEDULERS))
+        check(self.lr > 0, "lr", f"learning rate must be > 0, got {self.lr}", "a positive number")
+        check(self.sft_lr is None or self.sft_lr > 0, "sft_lr", f"must be > 0, got {self.sft_lr}", "a positive number")
+        check(self.beta > 0, "beta", f"beta must be > 0, got {self.beta}", "a positive number such as 0.1")
+        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}", "a positive integer")
+        check(self.grad_accum > 0, "grad_accum", f"must be > 0, got {self.grad_accum}", "a positive integer")
+        check(self.steps is None or self.steps > 0, "steps", f"must be > 0, got {self.steps}", "a positive integer")
+        check(self.sft_steps is None or self.sft_steps > 0, "sft_steps", f"must be > 0, got {self.sft_steps}",
+              "a positive integer")
+        check(self.epochs > 0 and self.sft_epochs > 0, "epochs", "epochs must be > 0", "a positive number")
+        check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}", "an integer >= 0")
+        check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}", "0 (off) or > 0")
+        check(self.eval_every >= 0 and self.checkpoint_every >= 0 and self.decompose_every >= 0, "eval_every",
+              "schedules must be >= 0", "0 (off) or a number of steps")
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}", ">= 1")
+        check(self.max_length > 1, "max_length", f"must be > 1, got {self.max_length}", "an integer > 1")
+        check(self.max_prompt_tokens is None or 0 <= self.max_prompt_tokens < self.max_length, "max_prompt_tokens",
+              f"must be in [0, max_length={self.max_length}), got {self.max_prompt_tokens}",
+              "fewer prompt tokens than max_length (0 = no separate prompt cap)")
+        check(self.on_policy_refresh >= 1, "on_policy_refresh", "must be >= 1", "a positive number of steps")
+        if self.on_policy:
+            check(self.method in ("dpo", "ipo", "slic"), "on_policy",
+                  f"on-policy sampling needs a reference-based pairwise method, not {self.method!r}",
+                  "method dpo, ipo or slic")
+            check(bool(self.preference_source), "preference_source", "on-policy training needs a preference source",
+                  "hf:MODEL, openai:MODEL or module:function")
+
+    def scoring(self) -> ScoreConfig:
+        """The engine's tokenisation for this run (``max_prompt_tokens`` 0 or None: no separate prompt cap)."""
+        return ScoreConfig(template=self.template, max_length=self.max_length,
+                           max_prompt_tokens=self.max_prompt_tokens or None)
+
+    def model_config(self, name: str | None = None) -> ModelConfig:
+        """How to load ``name`` (default: the run's starting ``model``) with this run's dtype, device and LoRA."""
+        return model_config(config_to_dict(self), self.trust_remote_code, name)
+
+
+class Phase(NamedTuple):
+    """One stage of a method: ``kind`` 'sft' or a preference loss name; ``include_rejected`` for extend's SFT."""
+
+    name: str
+    kind: str
+    steps: int | None
+    epochs: float
+    lr: float
+    include_rejected: bool = False
+
+
+def phases(cfg: TrainConfig) -> list[Phase]:
+    """The phase list of ``cfg.method`` (see the module docstring)."""
+    main = Phase(cfg.method, cfg.method, cfg.steps, cfg.epochs, cfg.lr)
+    if cfg.method == "sft" or cfg.method in PREFERENCE_LOSSES:
+        return [main]
+    first = Phase("sft", "sft", cfg.sft_steps, cfg.sft_epochs, cfg.sft_lr or cfg.lr,
+                  include_rejected=cfg.method == "extend")
+    return [first, Phase("dpo", "dpo", cfg.steps, cfg.epochs, cfg.lr)]
+
+
+def phase_length(phase: Phase, n_examples: int, cfg: TrainConfig) -> int:
+    """Number of optimizer steps of ``phase``."""
+    if phase.steps is not None:
+        return phase.steps
+    per_epoch = (n_examples // cfg.batch_size) / cfg.grad_accum
+    return max(1, int(math.floor(per_epoch * phase.epochs)))
+
+
+def run_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The resolved config written to ``config.json`` (no secrets: keys live only in the environment, and
+    an endpoint URL is written without user info or query, where a pasted token would sit)."""
+    import lldyn
+    from lldyn.endpoint import public_url
+
+    values = config_to_dict(cfg)
+    if values.get("base_url"):
+        values["base_url"] = public_url(values["base_url"])
+    return {"kind": "train", "lldyn_version": lldyn.__version__, **values}
+
+
+def run_train_config(run_dir: str | Path, trust_remote_code: bool = False) -> TrainConfig:
+    """The :class:`TrainConfig` a run directory was trained with (its ``config.json``).
+
+    ``trust_remote_code`` is the caller's flag, never the run's: a run directory may come from anyone, and
+    its ``config.json`` saying ``trust_remote_code = true`` must not run a model's code unasked.
+    """
+    run = RunDir(run_dir)
+    values = {k: v for k, v in run.config().items() if k not in ("kind", "lldyn_version")}
+    values["trust_remote_code"] = trust_remote_code
+    return build_config(TrainConfig, values, file=str(run.config_path))

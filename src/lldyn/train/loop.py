@@ -1,0 +1,389 @@
+"""The training loop: batch → loss → step → track, one phase after another (:func:`train`).
+
+Every optimizer step: a :class:`~lldyn.rundir.TrainRow` in ``metrics.jsonl``, the decomposition hook
+when due, the tracker (probes every ``eval_every`` steps), a checkpoint every ``checkpoint_every`` steps
+and at the end of each phase. ``resume=True`` continues from the latest checkpoint and gives the same
+numbers as an uninterrupted run on the CPU (data order is a pure function of seed, phase and epoch;
+RNG, optimizer and scheduler states are restored; rows logged after the checkpoint are dropped).
+
+Under ``accelerate launch --num_processes W`` the same loop does data parallelism
+(:class:`lldyn.distributed.Processes`): every rank holds the whole model and takes rows ``rank::W`` of
+each micro-batch (``batch_size`` stays the global micro-batch), gradients and logged statistics are
+averaged over ranks, so the run gives the numbers of a one-process run; rank 0 alone writes.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from lldyn.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lldyn.config import check
+from lldyn.distributed import Processes
+from lldyn.errors import LldynError
+from lldyn.losses import UpdateTerm
+from lldyn.models import check_model_name
+from lldyn.rundir import RunDir, StoppedRow, TrackSummary, TrainRow
+from lldyn.runs import is_run_dir, load_start_model
+from lldyn.scoring import Encoder
+from lldyn.train.batches import Example, check_batch, encode_phase_data, load_training_data, micro_batch
+from lldyn.train.config import Phase, TrainConfig, phase_length, phases, run_config
+from lldyn.train.on_policy import on_policy_examples
+from lldyn.train.optim import make_optimizer, make_scheduler
+from lldyn.train.reference import load_or_compute_reference, reference_logps, reference_model
+from lldyn.train.steps import StepOutput, pair_step, sft_step
+
+
+@dataclass
+class TrainResult:
+    run: RunDir
+    model: Any
+    tokenizer: Any
+    steps: int
+    last_summary: TrackSummary | None = None
+
+
+@dataclass
+class Job:
+    """Everything one training run holds while it runs (built by :func:`start_job`)."""
+
+    cfg: TrainConfig
+    procs: Processes
+    run: RunDir
+    model: Any
+    tokenizer: Any
+    params: list[torch.nn.Parameter]
+    encoder: Encoder
+    pairs: list[Any]
+    plan: list[Phase]
+    phase_data: list[list[Example]]
+    source: Any = None
+    tracker: Any = None
+    decomposer: Any = None
+    checkpoint: Path | None = None
+    resume_phase: int = 0
+    resume_step: int = 0
+    global_step: int = 0
+    last_summary: TrackSummary | None = None
+    progress: bool = True
+
+
+def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
+          callbacks: Sequence[Callable] = (), progress: bool = True) -> TrainResult:
+    """Run ``cfg`` into the run directory ``cfg.out`` (see the module docstring)."""
+    job = start_job(cfg, resume, decomposer, callbacks, progress)
+    for pi, phase in enumerate(job.plan):
+        if pi < job.resume_phase:
+            continue
+        total = phase_length(phase, len(job.phase_data[pi]), cfg)
+        optimizer = make_optimizer(job.params, cfg, phase.lr)
+        scheduler = make_scheduler(optimizer, cfg, total)
+        step = resume_point(job, pi, total, optimizer, scheduler)
+        if step is None:  # the checkpoint closed this phase
+            continue
+        ref_model, ref_values = phase_reference(job, pi, phase, resumed=step > 0)
+        if job.global_step == 0:
+            track(job, 0)
+        current, round_start, round_info = job.phase_data[pi], 0, {}
+        bar = progress_bar(job, total, step, phase.name)
+        job.model.train()
+        while step < total:
+            t0 = time.perf_counter()
+            if cfg.on_policy and (step % cfg.on_policy_refresh == 0 or current is job.phase_data[pi]):
+                current, round_start, round_info = on_policy_examples(
+                    job.run, job.model, job.tokenizer, job.pairs, job.source, cfg, phase, job.encoder, step,
+                    job.global_step)
+                ref_values = reference_logps(ref_model, job.tokenizer, current, cfg)
+                job.model.train()
+            optimizer.zero_grad(set_to_none=True)
+            stats, terms = forward_backward(job, pi, phase, current, step - round_start, ref_values, optimizer,
+                                            scheduler, step)
+            grad_norm = clip_gradients(job, optimizer, scheduler, pi, step)
+            lr = optimizer.param_groups[0]["lr"]  # this step's, before the scheduler moves it on
+            stats.update(optimizer_step(job, optimizer, terms))
+            scheduler.step()
+            step += 1
+            job.global_step += 1
+            loss = stats.pop("loss")
+            log(job, TrainRow(job.global_step, phase.name, step, loss, lr, grad_norm, time.perf_counter() - t0,
+                              {**stats, **round_info}))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if job.tracker is not None and job.tracker.should_track(job.global_step):
+                track(job, job.global_step)
+            if step == total or (cfg.checkpoint_every and job.global_step % cfg.checkpoint_every == 0):
+                checkpoint(job, optimizer, scheduler, pi, step, phase.name)
+        if bar is not None:
+            bar.close()
+        track_phase_end(job)
+        del ref_model
+    job.procs.wait()  # no rank leaves (and tears down the process group) while rank 0 still writes
+    last = job.last_summary or (job.tracker.history[-1] if job.tracker and job.tracker.history else None)
+    return TrainResult(job.run, job.model, job.tokenizer, job.global_step, last)
+
+
+# --------------------------------------------------------------------------- setting up
+
+
+def launched_processes(cfg: TrainConfig, decomposer: Any = None) -> Processes:
+    """The processes ``accelerate launch`` (or ``torchrun``) started; one otherwise. What a multi-process run
+    refuses is refused here, before any rank waits on another or anything is written."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Processes()
+    check(cfg.batch_size % world == 0, "batch_size",
+          f"batch size {cfg.batch_size} does not split evenly over {world} processes",
+          f"a multiple of {world} (--batch-size is the global micro-batch; each process takes batch_size / {world} rows)")
+    check(not cfg.on_policy, "on_policy", f"on-policy sampling is single-process only, got {world} processes",
+          "a run without accelerate launch for --on-policy")
+    check(cfg.decompose_every == 0 and decomposer is None, "decompose_every",
+          f"the step decomposition is single-process only, got {world} processes",
+          "--decompose-every 0, or a run without accelerate launch")
+    check(cfg.device in ("cpu", "cuda"), "device", f"device {cfg.device!r} would put every process on one device",
+          "cpu, or cuda (each process then uses its own GPU)")
+    return Processes.launched(cpu=cfg.device == "cpu")
+
+
+def start_job(cfg: TrainConfig, resume: bool, decomposer: Any, callbacks: Sequence[Callable],
+              progress: bool) -> Job:
+    """Check and load everything (all refusals come before anything is written), then open the run directory,
+    attach the decomposer and the tracker, and find where a resumed run continues."""
+    procs = launched_processes(cfg, decomposer)
+    pairs, sft = load_training_data(cfg)
+    plan = phases(cfg)
+    source = None
+    if cfg.on_policy:
+        from lldyn.preferences import load_preference_source
+
+        source = load_preference_source(cfg.preference_source, base_url=cfg.base_url,
+                                        trust_remote_code=cfg.trust_remote_code)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    lm = load_start_model(cfg.model_config())
+    encoder = Encoder(lm.tokenizer, cfg.scoring())
+    phase_data = [encode_phase_data(phase, pairs, sft, encoder, cfg.data) for phase in plan]
+    for phase, examples in zip(plan, phase_data):
+        check_batch(cfg, len(examples), phase, cfg.data)
+    if cfg.ref is not None and not is_run_dir(cfg.ref):
+        check_model_name(cfg.ref)  # a bad --ref is refused before anything is written
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    procs.same_start(params)
+    run = procs.from_main(lambda: RunDir.create(cfg.out, run_config(cfg), resume=resume))
+    job = Job(cfg, procs, run, lm.model, lm.tokenizer, params, encoder, pairs, plan, phase_data, source,
+              progress=progress)
+    job.decomposer = decomposer if decomposer is not None else make_decomposer(job)
+    job.tracker = make_tracker(job, callbacks)
+    find_resume_point(job, resume)
+    return job
+
+
+def make_decomposer(job: Job) -> Any:
+    """The decomposition hook of ``--decompose-every`` (None when off)."""
+    cfg = job.cfg
+    if cfg.decompose_every <= 0:
+        return None
+    if not cfg.probes:
+        raise LldynError("decomposition needs probes", field="decompose_every", expected="--probes FILE")
+    from lldyn.decompose.llm import DecomposeConfig, StepDecomposer
+    from lldyn.probes import ProbeSet
+
+    return StepDecomposer(job.tokenizer, ProbeSet.coerce(cfg.probes), job.run,
+                          DecomposeConfig(score=cfg.scoring(), every=cfg.decompose_every))
+
+
+def make_tracker(job: Job, callbacks: Sequence[Callable]) -> Any:
+    """The probe tracker (None without probes), with the squeeze alarm for runs that have a preference phase,
+    measured from the start of that phase (after SFT in sft_dpo / extend)."""
+    cfg = job.cfg
+    if not cfg.probes or cfg.eval_every <= 0:
+        return None
+    from lldyn.squeeze import squeeze_alarm
+    from lldyn.tracking import Tracker
+
+    all_callbacks = list(callbacks)
+    if cfg.squeeze_alarm and any(p.kind != "sft" for p in job.plan):
+        first = next(i for i, p in enumerate(job.plan) if p.kind != "sft")
+        start = sum(phase_length(p, len(d), cfg) for p, d in zip(job.plan[:first], job.phase_data[:first]))
+        all_callbacks.append(squeeze_alarm(from_step=start))
+    return Tracker(job.model, job.tokenizer, cfg.probes, job.run, every=cfg.eval_every, score_config=cfg.scoring(),
+                   callbacks=all_callbacks, initial_sample=cfg.initial_sample, progress=False,
+                   processes=job.procs)
+
+
+def find_resume_point(job: Job, resume: bool) -> None:
+    """Where a resumed run continues: the latest checkpoint (rows logged after it are dropped); a run killed
+    before its first checkpoint starts over cleanly."""
+    ckpt = latest_checkpoint(job.run.checkpoints) if resume else None
+    restart = resume and ckpt is None and job.run.has_metrics()
+    job.procs.wait()  # every rank has read the run directory (tracker history, checkpoints) before rank 0 rewrites it
+    if restart:
+        if job.procs.is_main:
+            job.run.truncate_after(-1)
+        if job.tracker is not None:
+            job.tracker.rewind(-1)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, job.model, restore_rng=False)
+        job.checkpoint = ckpt
+        job.resume_phase, job.resume_step, job.global_step = state["phase"], state["phase_step"], state["step"]
+        if job.procs.is_main:
+            job.run.truncate_after(job.global_step)
+        if job.tracker is not None:
+            job.tracker.rewind(job.global_step)
+
+
+def resume_point(job: Job, phase_index: int, total: int, optimizer: Any, scheduler: Any) -> int | None:
+    """The step a phase starts at: 0, or the resumed checkpoint's step (its optimizer, scheduler and RNG state
+    restored); None when that checkpoint closed the phase (its last evaluation is redone if a kill came first)."""
+    if job.checkpoint is None or phase_index != job.resume_phase:
+        return 0
+    if job.resume_step >= total:
+        track_phase_end(job)
+        return None
+    load_checkpoint(job.checkpoint, job.model, optimizer, scheduler, restore_rng=True)
+    return job.resume_step
+
+
+def phase_reference(job: Job, phase_index: int, phase: Phase, resumed: bool) -> tuple[Any, Any]:
+    """(reference model, reference log-probs) of a pairwise phase; off-policy the log-probs are computed once
+    (rank 0 reads or computes and writes them; every rank gets the same values)."""
+    cfg = job.cfg
+    if phase.kind in ("sft", "simpo"):
+        return None, None
+    ref_model = reference_model(cfg, job.model, resumed=resumed)
+    if cfg.on_policy:
+        return ref_model, None
+    values = job.procs.from_main(lambda: load_or_compute_reference(
+        job.run, phase_index, ref_model, job.tokenizer, job.phase_data[phase_index], cfg))
+    return (None if ref_model is not job.model and cfg.ref is not None else ref_model), values
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def forward_backward(job: Job, phase_index: int, phase: Phase, examples: Sequence[Example], index: int,
+                     ref_values: Any, optimizer: Any, scheduler: Any, step: int) -> tuple[dict[str, float], list[UpdateTerm]]:
+    """Loss and backward over ``grad_accum`` micro-batches (micro-batch ``index·grad_accum + k`` of the phase, or
+    of the on-policy round); returns the statistics averaged over them and ranks, and the gradient's terms."""
+    cfg = job.cfg
+    stats: dict[str, float] = {}
+    terms: list[UpdateTerm] = []
+    for k in range(cfg.grad_accum):
+        batch = job.procs.shard(micro_batch(examples, cfg, phase_index, index * cfg.grad_accum + k))
+        out: StepOutput
+        if phase.kind == "sft":
+            out = sft_step(job.model, batch, job.tokenizer.pad_token_id, cfg, 1.0 / cfg.grad_accum)
+        else:
+            out = pair_step(job.model, batch, job.tokenizer.pad_token_id, cfg, phase.kind, ref_values,
+                            1.0 / cfg.grad_accum)
+        if not job.procs.all_finite(out.loss):
+            stop_non_finite(job, optimizer, scheduler, phase_index, step, job.global_step, job.procs.mean(out.stats))
+        out.loss.backward()
+        terms += out.terms
+        for key, v in out.stats.items():
+            stats[key] = stats.get(key, 0.0) + v / cfg.grad_accum
+    job.procs.average_gradients(job.params)
+    return job.procs.mean(stats), terms
+
+
+def clip_gradients(job: Job, optimizer: Any, scheduler: Any, phase_index: int, step: int) -> float:
+    """Clip to ``max_grad_norm`` (0: off) and return the norm before clipping; a non-finite norm stops the run."""
+    if job.cfg.max_grad_norm > 0:
+        norm = float(torch.nn.utils.clip_grad_norm_(job.params, job.cfg.max_grad_norm))
+    else:
+        norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in job.params if p.grad is not None])))
+    if not math.isfinite(norm):
+        stop_non_finite(job, optimizer, scheduler, phase_index, step, job.global_step, {"grad_norm": norm})
+    return norm
+
+
+def optimizer_step(job: Job, optimizer: Any, terms: Sequence[UpdateTerm]) -> dict[str, float]:
+    """``optimizer.step()``, with the decomposition hook around it when due; returns its summary."""
+    step = job.global_step + 1
+    due = job.decomposer is not None and step % (job.cfg.decompose_every or 1) == 0
+    if due:
+        job.decomposer.before_step(step, job.model, terms, optimizer)
+    optimizer.step()
+    # before the scheduler moves the learning rate on: the decomposer reads this step's lr
+    return (job.decomposer.after_step(step, job.model, optimizer) or {}) if due else {}
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def log(job: Job, row: Any) -> None:
+    if job.procs.is_main:
+        job.run.log(row)
+
+
+def track(job: Job, step: int) -> None:
+    """Evaluate the probes at ``step`` (with dropout off) when a tracker is attached and it is due."""
+    if job.tracker is None or not job.tracker.should_track(step):
+        return
+    was_training = job.model.training
+    job.model.eval()
+    job.last_summary = job.tracker.track(step)
+    job.model.train(was_training)
+
+
+def track_phase_end(job: Job) -> None:
+    """Evaluate the probes at the end of a phase unless that step was evaluated already."""
+    if job.tracker is not None and not any(h.step == job.global_step for h in job.tracker.history):
+        job.model.eval()
+        job.last_summary = job.tracker.track(job.global_step)
+    job.model.eval()
+
+
+def checkpoint(job: Job, optimizer: Any, scheduler: Any, phase_index: int, step: int, phase_name: str) -> None:
+    """Save a checkpoint (rank 0); weights a step overflowed (with a finite loss) are never saved."""
+    if not weights_finite(job.params):
+        stop_non_finite(job, optimizer, scheduler, phase_index, step - 1, job.global_step - 1, {"weights": math.nan})
+    job.procs.from_main(lambda: save_checkpoint(job.run.checkpoints, job.global_step, job.model, optimizer, scheduler,
+                                                {"phase": phase_index, "phase_step": step, "phase_name": phase_name},
+                                                keep=job.cfg.keep_checkpoints))
+
+
+def weights_finite(params: Sequence[torch.nn.Parameter]) -> bool:
+    """Whether every parameter is finite (the same answer on every rank: the weights are in sync)."""
+    return all(bool(torch.isfinite(p).all()) for p in params)
+
+
+def stop_non_finite(job: Job, optimizer: Any, scheduler: Any, phase_index: int, phase_step: int, global_step: int,
+                    stats: dict[str, float]) -> None:
+    """Keep the last good weights (this step has not been applied) and stop with a clear message (all ranks
+    stop here together; rank 0 writes)."""
+    optimizer.zero_grad(set_to_none=True)
+
+    def keep_last_good() -> Path | None:
+        last = latest_checkpoint(job.run.checkpoints)
+        # The weights themselves may already be non-finite (an earlier step overflowed them without a
+        # non-finite loss): those are never saved; the last checkpoint stays the last good one.
+        finite = weights_finite([p for p in job.model.parameters() if p.requires_grad])
+        if finite and (last is None or int(last.name.split("-")[-1]) != global_step):
+            last = save_checkpoint(job.run.checkpoints, global_step, job.model, optimizer, scheduler,
+                                   {"phase": phase_index, "phase_step": phase_step, "stopped": "non-finite"},
+                                   keep=job.cfg.keep_checkpoints + 1)
+        job.run.log(StoppedRow(global_step + 1, "non-finite loss, gradient or weights", finite,
+                               {k: (v if math.isfinite(v) else str(v)) for k, v in stats.items()}))
+        return last
+
+    last = job.procs.from_main(keep_last_good)
+    kept = f"last good weights kept in {last}" if last is not None else \
+        "the weights are already non-finite and no earlier checkpoint exists, so none was kept"
+    raise LldynError(f"non-finite loss, gradient or weights at step {global_step + 1} "
+                     f"({', '.join(f'{k}={v}' for k, v in stats.items())}); training stopped, {kept}", field="lr",
+                     expected="a smaller learning rate, gradient clipping, or clean data")
+
+
+def progress_bar(job: Job, total: int, done: int, desc: str) -> Any:
+    if not (job.progress and job.procs.is_main):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc=desc, unit="step", dynamic_ncols=True)
