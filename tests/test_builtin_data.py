@@ -1,4 +1,8 @@
-"""The built-in data set (src/lldyn/builtin/): shape, invariants the probes rely on, reproducibility."""
+"""The built-in data set (src/lldyn/builtin/): shape, invariants the probes rely on, reproducibility.
+
+The pairs are generated from data/builtin/ by scripts/make_builtin_data.py; the generator checks
+nothing itself, so every invariant of the data is asserted here.
+"""
 from __future__ import annotations
 
 import json
@@ -10,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from lldyn import data
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILTIN = ROOT / "src" / "lldyn" / "builtin"
+SOURCE = ROOT / "data" / "builtin"
 GENERATOR = ROOT / "scripts" / "make_builtin_data.py"
 KEYS = {"id", "category", "split", "prompt", "chosen", "rejected", "rejected_kind",
         "chosen_rephrase_semantic", "chosen_rephrase_format",
@@ -152,14 +159,28 @@ def test_sentences_are_not_answers():
     assert not answers & set(_sentences())
 
 
-def test_generator_reproduces_committed_files(tmp_path):
+def test_generator_reproduces_committed_file(tmp_path):
+    # preferences.jsonl is data/builtin/ + the generator; sentences.txt is hand-edited, not generated.
     subprocess.run([sys.executable, str(GENERATOR), "--out", str(tmp_path)], check=True, capture_output=True)
-    for name in ("preferences.jsonl", "sentences.txt"):
-        assert (tmp_path / name).read_bytes() == (BUILTIN / name).read_bytes(), name
+    assert [p.name for p in tmp_path.iterdir()] == ["preferences.jsonl"]
+    assert (tmp_path / "preferences.jsonl").read_bytes() == (BUILTIN / "preferences.jsonl").read_bytes()
+
+
+def test_source_files_have_named_fields():
+    # Hand-edited JSONL: every row of a file is an object with the same keys, all of them non-empty,
+    # so a typo in a key or a forgotten field fails here rather than as a KeyError in the generator.
+    files = sorted(SOURCE.rglob("*.jsonl"))
+    assert len(files) >= 10
+    for path in files:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        assert lines and all(line.strip() for line in lines), path
+        rows = [json.loads(line) for line in lines]
+        for i, row in enumerate(rows, 1):
+            assert isinstance(row, dict) and set(row) == set(rows[0]), (path.name, i)
+            assert all(isinstance(v, str) and v.strip() == v and v for v in row.values()), (path.name, i)
 
 
 def test_loads_through_the_data_module():
-    data = pytest.importorskip("lldyn.data")
     train = data.load_preferences("builtin:train")
     test = data.load_preferences("builtin:test")
     rows = _rows()
