@@ -8,6 +8,10 @@ seed, no network, no model), and ``tests/test_builtin_data.py`` checks that it r
 committed file byte for byte and that the data keep their invariants. ``sentences.txt`` next to
 the pairs is hand-edited and not written here. ``src/lldyn/builtin/README.md`` describes the fields.
 
+Where a prompt has one checkable answer, its row also gets the gold ``answer`` and ``answer_aliases``:
+from the source rows and tables (science facts, capitals, antonyms, translations), or, for numbers
+(arithmetic, units), the digits and the number in words derived here.
+
 Every pair has short one-sentence answers and four curated rephrases, the probes of Ren &
 Sutherland, "Learning Dynamics of LLM Finetuning" (ICLR 2025, Sec. 4, App. D): ``*_rephrase_semantic``
 (same meaning, other words: y_gpts) and ``*_rephrase_format`` (same shape, other meaning: y_gptf).
@@ -34,6 +38,7 @@ KEYS = ("id", "category", "split", "prompt", "chosen", "rejected", "rejected_kin
         "chosen_rephrase_semantic", "chosen_rephrase_format",
         "rejected_rephrase_semantic", "rejected_rephrase_format")
 HAND_WRITTEN = ("science_fact", "how_to", "harmful_request")  # rows as they are, in data/builtin/NAME.jsonl
+GOLD = ("answer", "answer_aliases")  # only where the prompt has one checkable answer
 REJECTED = ("rejected", "rejected_rephrase_semantic", "rejected_rephrase_format")
 
 PROMPTS = {
@@ -77,6 +82,28 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+         "seventeen eighteen nineteen").split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def _in_words(n: int) -> str:
+    """British English, as the data: 72 -> "seventy-two", 1760 -> "one thousand seven hundred and sixty"."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10 - 2] + (f"-{_ONES[n % 10]}" if n % 10 else "")
+    big, name = (1000, "thousand") if n >= 1000 else (100, "hundred")
+    head, rest = f"{_in_words(n // big)} {name}", n % big
+    return head if not rest else f"{head}{' and ' if rest < 100 else ' '}{_in_words(rest)}"
+
+
+def _number_aliases(answer: str) -> list[str]:
+    """A number's other accepted forms: "1,000" -> ["1000", "one thousand"], "72" -> ["seventy-two"]."""
+    n = int(answer.replace(",", ""))
+    return [form for form in (str(n), _in_words(n)) if form != answer]
+
+
 def _fill(template: str, fillers: list[dict], i: int) -> str:
     """A format rephrase: the answer's sentence shape around the i-th filler (cycled); ``{Key}`` capitalises."""
     row = fillers[i % len(fillers)]
@@ -110,14 +137,18 @@ def _pair(alt: _Alternatives, i: int, prompt: str, chosen: str, chosen_sem: str,
 
 
 def _right_or_wrong(alt: _Alternatives, i: int, prompt: str, says: str, sem: str, right: str, wrong: str,
-                    chosen_fmt: str, rejected_fmt: str, **slots: str) -> dict:
-    """Chosen and rejected are the same sentences (``says``, ``sem``) with the right or the wrong ``{x}``."""
+                    chosen_fmt: str, rejected_fmt: str, *, aliases: list[str] | None = None, **slots: str) -> dict:
+    """Chosen and rejected are the same sentences (``says``, ``sem``) with the right or the wrong ``{x}``.
+
+    With ``aliases`` (a list, possibly empty) the right ``{x}`` is the pair's gold ``answer``.
+    """
 
     def say(template: str, x: str) -> str:
         return template.format(x=x, X=_cap(x), **slots)
 
-    return _pair(alt, i, prompt, say(says, right), say(sem, right), chosen_fmt,
+    pair = _pair(alt, i, prompt, say(says, right), say(sem, right), chosen_fmt,
                  say(says, wrong), say(sem, wrong), rejected_fmt)
+    return pair if aliases is None else {**pair, "answer": right, "answer_aliases": aliases}
 
 
 def capital(alt: _Alternatives) -> list[dict]:
@@ -129,7 +160,7 @@ def capital(alt: _Alternatives) -> list[dict]:
         says, sem, fmt = sentences[i % 2]
         out.append(_right_or_wrong(alt, i, PROMPTS["capital"][i % 6].format(c=t["country"]), says, sem,
                                    t["capital"], t["wrong_capital"], _fill(fmt, fillers, i), _fill(fmt, fillers, i + 9),
-                                   c=t["country"]))
+                                   aliases=t["answer_aliases"], c=t["country"]))
     return out
 
 
@@ -141,7 +172,8 @@ def antonym(alt: _Alternatives) -> list[dict]:
                else 'A word with the reverse meaning of "{w}" is "{x}".')
         out.append(_right_or_wrong(alt, i, PROMPTS["antonym"][i % 4].format(w=t["word"]),
                                    'The opposite of "{w}" is "{x}".', sem, t["antonym"], t["wrong_antonym"],
-                                   _fill(fmt, fillers, i), _fill(fmt, fillers, i + 7), w=t["word"]))
+                                   _fill(fmt, fillers, i), _fill(fmt, fillers, i + 7),
+                                   aliases=t["answer_aliases"], w=t["word"]))
     return out
 
 
@@ -187,7 +219,7 @@ def arithmetic(alt: _Alternatives, rng: random.Random, n: int = 40) -> list[dict
         says, sem = ARITHMETIC_ANSWERS[op]
         chosen_fmt, rejected_fmt = other_statement(op, {a, b, r, wrong}), other_statement(op, {a, b, r, wrong})
         out.append(_right_or_wrong(alt, i, ARITHMETIC_PROMPTS[op][(i // 4) % 4].format(a=a, b=b), says, sem, str(r),
-                                   str(wrong), chosen_fmt, rejected_fmt, a=a, b=b))
+                                   str(wrong), chosen_fmt, rejected_fmt, aliases=_number_aliases(str(r)), a=a, b=b))
     return out
 
 
@@ -200,7 +232,7 @@ def unit_conversion(alt: _Alternatives) -> list[dict]:
         prompt = PROMPTS["unit_conversion"][i % 4].format(small=small, big=big, Big=_cap(big), bare=bare)
         out.append(_right_or_wrong(alt, i, prompt, "There are {x} {small} in one {bare}.", sem, t["count"],
                                    t["wrong_count"], _fill("{text}", fillers, i), _fill("{text}", fillers, i + 5),
-                                   small=small, bare=bare))
+                                   aliases=_number_aliases(t["count"]), small=small, bare=bare))
     return out
 
 
@@ -217,7 +249,7 @@ def definition(alt: _Alternatives) -> list[dict]:
 def example(alt: _Alternatives) -> list[dict]:
     fillers, out = _read("format_fillers/example.jsonl"), []
     fmt = "One example of {kind} is {example}."
-    for i, t in enumerate(_read("example.jsonl")):
+    for i, t in enumerate(_read("example.jsonl")):  # no gold answer: a kind has many right examples
         out.append(_right_or_wrong(alt, i, PROMPTS["example"][i % 5].format(k=t["kind"]),
                                    "One example of {k} is {x}.", "{X} belongs to the group of {group}.",
                                    t["example"], t["wrong_example"], _fill(fmt, fillers, i), _fill(fmt, fillers, i + 5),
@@ -232,7 +264,8 @@ def translation(alt: _Alternatives) -> list[dict]:
         out.append(_right_or_wrong(alt, i, PROMPTS["translation"][i % 4].format(w=t["word"], l=t["language"]),
                                    'In {l}, "{w}" is "{x}".', '{l} speakers say "{x}" when they mean "{w}".',
                                    t["translation"], t["wrong_translation"], _fill(fmt, fillers, i),
-                                   _fill(fmt, fillers, i + 6), l=t["language"], w=t["word"]))
+                                   _fill(fmt, fillers, i + 6), aliases=t["answer_aliases"],
+                                   l=t["language"], w=t["word"]))
     return out
 
 
@@ -249,7 +282,7 @@ def build_pairs() -> list[dict]:
         for i, pair in enumerate(pairs):
             row = {"id": f"builtin-{len(rows) + 1:04d}", "category": category,
                    "split": "test" if i in test_idx else "train", **pair}
-            rows.append({key: row[key] for key in KEYS})
+            rows.append({key: row[key] for key in KEYS} | {key: row[key] for key in GOLD if key in row})
     return rows
 
 
