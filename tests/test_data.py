@@ -27,6 +27,17 @@ def test_trl_explicit_prompt_string_and_messages(tmp_path):
     assert b.id == "b" and b.prompt == [{"role": "user", "content": "Q2?"}] and (b.chosen, b.rejected) == ("A", "B")
 
 
+def test_extra_fields_keep_scalars_and_lists_of_strings(tmp_path):
+    # e.g. the built-in data's curated rephrases (str) and gold answer_aliases (list of str)
+    f = write_jsonl(tmp_path / "d.jsonl", [
+        {"prompt": "Q?", "chosen": "yes", "rejected": "no", "answer": "yes", "answer_aliases": ["y", "yeah"],
+         "no_aliases": [], "score": 0.5, "rank": 2, "mixed": ["a", 1], "nested": {"a": "b"}, "none": None},
+    ])
+    (ex,) = load_preferences(str(f))
+    assert ex.extra == {"answer": "yes", "answer_aliases": ["y", "yeah"], "no_aliases": [], "score": 0.5, "rank": 2}
+    assert ex.to_json()["answer_aliases"] == ["y", "yeah"]
+
+
 def test_trl_implicit_prompt_conversations(tmp_path):
     conv = [{"role": "user", "content": "hi"}]
     f = write_jsonl(tmp_path / "d.jsonl", [{"chosen": conv + [{"role": "assistant", "content": "hello"}],

@@ -327,7 +327,8 @@ def parse_preference_row(row: Mapping[str, Any], where: Where, index: int = 0, s
     else:
         raise where.error("chosen and rejected have different types", field="rejected",
                           expected="both strings or both message lists")
-    extra = {k: v for k, v in row.items() if k not in ("id", "prompt", "chosen", "rejected") and isinstance(v, (str, int, float))}
+    extra = {k: v for k, v in row.items() if k not in ("id", "prompt", "chosen", "rejected")
+             and (isinstance(v, (str, int, float)) or (isinstance(v, list) and all(isinstance(x, str) for x in v)))}
     return PreferenceExample(id=ex_id, prompt=prompt, chosen=chosen, rejected=rejected, extra=extra, where=where)
 
 
