@@ -39,8 +39,8 @@ responses can be told apart from a diverse one.
 """
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Iterable, Sequence
 
 __all__ = [
     "DEFAULT_REPEAT_N",
