@@ -12,7 +12,8 @@ SRC = ROOT / "src" / "lldyn"
 # Bottom to top (docs/architecture.md). A module may import its own layer and the ones below it.
 LAYERS = (
     ("lldyn", "errors", "io", "config"),
-    ("data", "losses", "models", "checkpoint", "scoring", "endpoint", "testing", "degeneration", "reference_answer"),
+    ("data", "losses", "models", "checkpoint", "scoring", "endpoint", "testing", "degeneration", "reference_answer",
+     "rewards"),
     ("rundir", "runs", "distributed"),
     ("generation", "probes", "rephrase", "tracking", "serve"),
     ("decompose", "squeeze", "preferences", "judge", "summary"),

@@ -312,7 +312,7 @@ def test_every_skips_steps_and_bad_part_is_refused():
     dec.before_step(1, lm.model, [UpdateTerm("e", "response", "hi", "yo", -1.0)])
     assert dec.after_step(1, lm.model, opt) == {}
     with pytest.raises(LldynError, match="part"):
-        dec.before_step(2, lm.model, [UpdateTerm("e", "positive", "hi", "yo", -1.0)])
+        dec.before_step(2, lm.model, [UpdateTerm("e", "sideways", "hi", "yo", -1.0)])
     with pytest.raises(LldynError):
         DecomposeConfig(every=0)
 

@@ -3,6 +3,8 @@
 * :class:`PreferenceExample` (id, prompt, chosen, rejected) — prompt is a string or a list of chat
   messages; chosen/rejected are the assistant's response text.
 * :class:`SFTExample` (id, prompt, response).
+* :class:`PromptExample` (id, prompt, fields) — a prompt to sample from (GRPO) or to judge on, with the
+  other fields of its row (a gold ``answer``, ``answer_aliases``, a pair's ``chosen``/``rejected``).
 
 Formats read by :func:`load_preferences` (auto-detected per row):
 
@@ -68,6 +70,17 @@ class SFTExample:
     id: str
     prompt: Prompt
     response: str
+    where: Where = field(default=Where(), compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class PromptExample:
+    """One prompt (:func:`load_prompts`). ``fields``: every other field of its row, as read (for a preference
+    row also its ``chosen`` and ``rejected`` text), e.g. the gold ``answer`` and ``answer_aliases``."""
+
+    id: str
+    prompt: Prompt
+    fields: Mapping[str, Any] = field(default_factory=dict, compare=False)
     where: Where = field(default=Where(), compare=False, repr=False)
 
 
@@ -478,6 +491,53 @@ def load_sft(source: str, split: str = "train", limit: int | None = None,
     if not out:
         raise LldynError("no SFT examples found (empty file?)", file=str(source),
                          expected="at least one row with prompt and response")
+    return out
+
+
+def parse_prompt_row(row: Mapping[str, Any], where: Where, index: int = 0, stem: str = "ex") -> PromptExample:
+    """A preference row (any format :func:`parse_preference_row` reads) or a ``{"prompt": ...}`` row
+    (optional ``id``, any other fields) → :class:`PromptExample`."""
+    if is_pair_row(row):
+        pair = parse_preference_row(row, where, index, stem)
+        return PromptExample(pair.id, pair.prompt, {"chosen": pair.chosen, "rejected": pair.rejected, **pair.extra},
+                             where)
+    if "prompt" not in row:
+        raise where.error("missing field", field="prompt",
+                          expected='rows with "prompt" (a string or chat messages) or preference pairs')
+    fields = {k: v for k, v in row.items() if k not in ("id", "prompt")}
+    return PromptExample(_row_id(row, where, index, stem), parse_prompt(row["prompt"], where), fields, where)
+
+
+def load_prompts(source: str, split: str = "train", limit: int | None = None,
+                 skip_invalid: bool = False) -> list[PromptExample]:
+    """Prompts from ``source``: preference data (its prompts) or ``{"prompt": ...}`` rows (see
+    :func:`parse_prompt_row`), from the sources :func:`load_preferences` reads; ids must be unique.
+    ``skip_invalid`` skips (and counts) rows that cannot be read, as :func:`load_preferences` does."""
+    _check_limit(limit)
+    rows, stem, want_split = _source_rows(str(source), split)
+    out: list[PromptExample] = []
+    seen: dict[str, Where] = {}
+    skipped: list[LldynError] = []
+    for i, (row, where) in enumerate(rows):
+        if want_split is not None and row.get("split") != want_split:
+            continue
+        try:
+            ex = parse_prompt_row(row, where, i, stem)
+        except LldynError as err:
+            if not skip_invalid:
+                raise
+            skipped.append(err)
+            continue
+        if ex.id in seen:
+            raise where.error(f"duplicate id {ex.id!r} (first at {seen[ex.id].file}:{seen[ex.id].line})", field="id",
+                              expected="unique ids")
+        seen[ex.id] = where
+        out.append(ex)
+        if limit is not None and len(out) >= limit:
+            break
+    _warn_skipped(skipped, str(source))
+    if not out:
+        raise LldynError("no prompts found (empty file?)", file=str(source), expected='rows with a "prompt" field')
     return out
 
 

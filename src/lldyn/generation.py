@@ -1,12 +1,15 @@
-"""Sampling responses from a model (probes' initial samples, on-policy DPO, the judge).
+"""Sampling responses from a model (probes' initial samples, on-policy DPO, GRPO, the judge).
 
 Prompts are encoded by the log-prob engine's encoder (same chat template, same truncation), left
-padded, and generated in batches; the returned text stops at EOS and has special tokens removed.
+padded, and generated in batches. :func:`sample` returns each completion's token ids (EOS included
+when it was generated) and whether it reached EOS, so the engine can score exactly the tokens that
+were sampled (a truncated completion has no EOS); :func:`generate` returns the text only, stopped at
+EOS, special tokens removed.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 
@@ -35,9 +38,33 @@ class GenerationConfig:
         check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}", "a positive integer")
 
 
+class Sample(NamedTuple):
+    """One sampled completion.
+
+    prompt_ids: the prompt's tokens as the model saw them (chat template, cut to ``max_prompt_tokens``).
+    completion_ids: the new tokens up to and including the first EOS; all ``max_new_tokens`` of them when
+        no EOS came (TRL's completion mask keeps the same tokens).
+    eos: whether the completion ended with EOS (False: cut at ``max_new_tokens``).
+    text: the completion decoded without special tokens (not stripped).
+    """
+
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[int, ...]
+    eos: bool
+    text: str
+
+
 def generate(model: Any, tokenizer: Any, prompts: Sequence[Prompt], config: GenerationConfig = GenerationConfig(),
              progress: bool = False) -> list[str]:
-    """One response per prompt, in order. Greedy unless ``config.do_sample``."""
+    """One response per prompt, in order, as stripped text. Greedy unless ``config.do_sample``."""
+    return [s.text.strip() for s in sample(model, tokenizer, prompts, config, progress)]
+
+
+def sample(model: Any, tokenizer: Any, prompts: Sequence[Prompt], config: GenerationConfig = GenerationConfig(),
+           progress: bool = False) -> list[Sample]:
+    """One :class:`Sample` per prompt, in order. Greedy unless ``config.do_sample``; sampling is seeded by
+    ``config.seed`` alone (the global RNG is left as it was), so the same model, prompts and config give
+    the same samples."""
     score_cfg = ScoreConfig(template=config.template, max_length=max(2, (config.max_prompt_tokens or 4096) + 1),
                             max_prompt_tokens=config.max_prompt_tokens)
     encoder = Encoder(tokenizer, score_cfg)
@@ -48,7 +75,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Prompt], config: Gene
         ids.append(full[-limit:] if limit else full)
     device = next(model.parameters()).device
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out: list[str] = [""] * len(ids)
+    out: list[Sample | None] = [None] * len(ids)
     starts = range(0, len(order), config.batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -76,9 +103,11 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Prompt], config: Gene
                 gen = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
                 for r, i in enumerate(rows):
                     new = gen[r, L:].tolist()
-                    if tokenizer.eos_token_id in new:
-                        new = new[:new.index(tokenizer.eos_token_id)]
-                    out[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
+                    eos = tokenizer.eos_token_id in new
+                    if eos:  # what follows the first EOS is padding
+                        new = new[:new.index(tokenizer.eos_token_id) + 1]
+                    text = tokenizer.decode(new[:-1] if eos else new, skip_special_tokens=True)
+                    out[i] = Sample(tuple(ids[i]), tuple(new), eos, text)
     finally:
         model.train(was_training)
-    return out
+    return out  # type: ignore[return-value]

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple, Sequence
 
-from lldyn.data import Prompt, load_preferences, parse_preference_row, parse_prompt, read_rows
+from lldyn.data import Prompt
+from lldyn.data import load_prompts as read_prompts
 from lldyn.errors import LldynError
 from lldyn.preferences import Judgement, PreferenceSource
 
@@ -126,34 +126,8 @@ class HeldOutPrompt(NamedTuple):
 
 
 def load_prompts(source: str, split: str = "test", limit: int | None = None) -> list[HeldOutPrompt]:
-    """Prompts to judge on: preference data (its prompts) or a JSONL/JSON/Parquet file of ``{"prompt": ...}``
-    rows (optional ``id``); ``builtin:test`` and ``hf:NAME`` work as in :func:`lldyn.data.load_preferences`."""
+    """Prompts to judge on: preference data (its prompts) or ``{"prompt": ...}`` rows (optional ``id``), read by
+    :func:`lldyn.data.load_prompts` (``builtin:test``, files and ``hf:NAME`` as in :func:`lldyn.data.load_preferences`)."""
     if limit is not None and limit < 1:
         raise LldynError(f"--limit must be >= 1, got {limit}", field="limit", expected="a positive integer")
-    source = str(source)
-    if source == "builtin" or source.startswith(("builtin:", "hf:")) or not Path(source).expanduser().exists():
-        # built-in, Hugging Face names (hf:NAME or owner/name), and missing files: the preference loader
-        # reads them or names the problem
-        return [HeldOutPrompt(p.id, p.prompt) for p in load_preferences(source, split, limit)]
-    path = Path(source).expanduser()
-    stem = path.name.split(".")[0]
-    out: list[HeldOutPrompt] = []
-    seen: set[str] = set()
-    for i, (row, where) in enumerate(read_rows(path)):
-        if "chosen" in row:
-            ex = parse_preference_row(row, where, i, stem)
-            pid, prompt = ex.id, ex.prompt
-        elif "prompt" in row:
-            pid, prompt = str(row.get("id", f"{stem}-{i}")), parse_prompt(row["prompt"], where)
-        else:
-            raise where.error("missing field", field="prompt",
-                              expected='rows with "prompt" (a string or chat messages) or preference pairs')
-        if pid in seen:
-            raise where.error(f"duplicate id {pid!r}", field="id", expected="unique ids")
-        seen.add(pid)
-        out.append(HeldOutPrompt(pid, prompt))
-        if limit is not None and len(out) >= limit:
-            break
-    if not out:
-        raise LldynError("no prompts found (empty file?)", file=str(path), expected='rows with a "prompt" field')
-    return out
+    return [HeldOutPrompt(p.id, p.prompt) for p in read_prompts(str(source), split, limit)]

@@ -32,13 +32,26 @@ class UpdateTerm(NamedTuple):
     ``rejected_coef`` below) divided by the batch size and the gradient-accumulation steps. The training
     loop builds one per (example, part) and the decomposition (:mod:`lldyn.decompose.llm`) attributes the
     step's effect on every probe to them.
+
+    A loss with per-token coefficients (GRPO's ``token_coef``) gives ``token_weights`` w_t, one per response
+    token: the term is then Σ_t w_t ∇θ log π(y_t | x, y_<t), and ``weight`` = Σ_t w_t is only its summary.
+    ``prompt_ids``/``response_ids``, when given, are the exact tokens trained on (a sampled completion, whose
+    text need not tokenise back to the same tokens, and which has no EOS when it was cut); the decomposition
+    then uses them instead of encoding ``prompt`` and ``response``.
+
+    part: ``chosen``/``rejected`` (pairwise), ``response`` (SFT), ``positive``/``negative``/``zero_advantage``
+    (GRPO, by the sign of the completion's advantage: its group pushes it up, down, or — with β > 0 — only
+    the KL term moves it).
     """
 
     example_id: str
-    part: str  # "chosen", "rejected" or "response"
+    part: str
     prompt: Any  # str or chat messages (lldyn.data.Prompt)
     response: str
     weight: float
+    token_weights: tuple[float, ...] | None = None
+    prompt_ids: tuple[int, ...] | None = None
+    response_ids: tuple[int, ...] | None = None
 
 
 PreferenceLossType = Literal["dpo", "ipo", "slic", "simpo"]

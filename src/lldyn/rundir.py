@@ -12,6 +12,7 @@ Layout::
       probe_table.jsonl      one row per (step, prompt_id, family): PROBE_COLUMNS
       ref_logps-<phase>.jsonl  reference log-probs of a pairwise phase's pairs, computed once
       on_policy/round-<n>.jsonl  the pairs of on-policy round n (sampled, labelled)
+      grpo/step-<n>.jsonl    GRPO: the generation batch step n trained on, one GroupCompletion per completion
       decompose.jsonl        one row per (decomposed step, probe): actual and predicted Δ log π, parts
       checkpoints/           step-N/ (safetensors weights + optimizer/scheduler/RNG state)
       figures/, report.html
@@ -41,6 +42,7 @@ CHECKPOINTS = "checkpoints"
 FIGURES = "figures"
 REPORT = "report.html"
 ON_POLICY = "on_policy"
+GRPO = "grpo"
 REPLAY = ".decompose-replay"
 PROBE_COLUMNS = ("step", "prompt_id", "family", "logp", "n_tokens", "mean_logp", "top1", "entropy", "text")
 
@@ -51,6 +53,49 @@ def reference_file(phase_index: int) -> str:
 
 def on_policy_file(round_index: int) -> str:
     return f"round-{round_index:06d}.jsonl"
+
+
+def grpo_file(step: int) -> str:
+    return f"step-{step:08d}.jsonl"
+
+
+@dataclass(frozen=True)
+class GroupCompletion:
+    """One completion of the generation batch a GRPO step trained on (``grpo/step-<n>.jsonl``).
+
+    step: the optimizer step that trained on it (as in ``metrics.jsonl``); group: index of its prompt in the
+    generation batch (the completions of a group are consecutive); prompt: as the data holds it;
+    completion: the decoded text; completion_ids: the sampled tokens, EOS included when it was generated;
+    eos: whether it ended with EOS (False: cut at ``max_completion_length``); reward: the reward function's
+    value (None: unscorable); advantage: its group-relative advantage (0 for an unscorable one).
+    """
+
+    step: int
+    prompt_id: str
+    group: int
+    prompt: Any
+    completion: str
+    completion_ids: tuple[int, ...]
+    eos: bool
+    reward: float | None
+    advantage: float
+
+    @property
+    def n_tokens(self) -> int:
+        """Completion length in tokens (EOS included when generated)."""
+        return len(self.completion_ids)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "prompt_id": self.prompt_id, "group": self.group, "prompt": self.prompt,
+                "completion": self.completion, "n_tokens": self.n_tokens, "eos": self.eos, "reward": self.reward,
+                "advantage": self.advantage, "completion_ids": list(self.completion_ids)}
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> "GroupCompletion":
+        reward = row.get("reward")
+        return cls(int(row["step"]), str(row["prompt_id"]), int(row["group"]), row["prompt"], str(row["completion"]),
+                   tuple(int(t) for t in row["completion_ids"]), bool(row["eos"]),
+                   None if reward is None else float(reward), float(row["advantage"]))
 
 
 # --------------------------------------------------------------------------- metrics rows
@@ -336,6 +381,26 @@ class RunDir:
                                 "prompts_sampled": prompts_sampled} for x in pairs])
         return p
 
+    def grpo_step_path(self, step: int) -> Path:
+        return self.path / GRPO / grpo_file(step)
+
+    def grpo_step(self, step: int) -> list[GroupCompletion] | None:
+        """The generation batch GRPO step ``step`` trained on (None: not saved)."""
+        p = self.grpo_step_path(step)
+        return [GroupCompletion.from_json(r) for r in read_jsonl(p)] if p.is_file() else None
+
+    def grpo_steps(self) -> list[int]:
+        """The steps whose GRPO generation batch is saved, in order."""
+        folder = self.path / GRPO
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name[len("step-"):-len(".jsonl")]) for p in folder.glob("step-*.jsonl"))
+
+    def write_grpo_step(self, step: int, rows: Sequence[GroupCompletion]) -> Path:
+        p = self.grpo_step_path(step)
+        atomic_write_jsonl(p, [r.to_json() for r in rows])
+        return p
+
     # ------------------------------------------------------------------ decomposition
     def decompose_rows(self) -> list[dict[str, Any]]:
         """Rows of ``decompose.jsonl`` (written by :class:`lldyn.decompose.llm.StepDecomposer`)."""
@@ -360,8 +425,11 @@ class RunDir:
     # ------------------------------------------------------------------ resume
     def truncate_after(self, step: int) -> None:
         """On resume from a checkpoint at ``step``: drop metric, probe and decomposition rows logged after it
-        (and a torn last line), rewriting each file atomically, so a resumed run never duplicates rows."""
+        (and a torn last line), rewriting each file atomically, and the GRPO generation batches of later steps,
+        so a resumed run never duplicates rows."""
         for p in (self.metrics_path, self.path / PROBE_TABLE, self.decompose_path):
             if p.is_file():
                 keep = [r for r in read_jsonl(p, strict=False) if int(r.get("step", 0)) <= step]
                 atomic_write_jsonl(p, keep)
+        for later in [n for n in self.grpo_steps() if n > step]:
+            self.grpo_step_path(later).unlink(missing_ok=True)

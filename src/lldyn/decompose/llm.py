@@ -14,7 +14,9 @@ runs), so a jvp costs about three scoring passes of the probe set.
 
 **Attribution.** The training loop tells the decomposer the step's terms (docs/CONTRACTS.md,
 :class:`UpdateTerm`): ∇θ(batch loss) = Σ_k w_k ∇θ log π(y_k), one term per (example, part) with
-part ∈ {chosen, rejected, response}. Each term moves θ by Δθ_k and so moves each probe by
+part ∈ {chosen, rejected, response} (SFT, DPO family) or {positive, negative, zero_advantage} (GRPO: the
+sign of a completion's advantage). GRPO's coefficients are per token, so its terms are
+Σ_t w_kt ∇θ log π(y_kt | x_k, y_k,<t) over the exact tokens that were sampled and trained on. Each term moves θ by Δθ_k and so moves each probe by
 ⟨∇θ log π(probe), Δθ_k⟩ (again a jvp). With g_k = w_k ∇θ log π(y_k) and s the gradient clipping
 factor (read from the real ``.grad``), Δθ_k is
 
@@ -78,7 +80,7 @@ __all__ = [
     "trainable_parameters",
 ]
 
-PARTS = ("chosen", "rejected", "response")
+PARTS = ("chosen", "rejected", "response", "positive", "negative", "zero_advantage")
 ProbeLike = Union[Probe, "tuple[Prompt, str]"]
 Params = dict[str, torch.Tensor]
 
@@ -334,24 +336,38 @@ def naive_first_order_prediction(model: nn.Module, tokenizer: Any, probes: Itera
 
 def term_gradients(model: nn.Module, tokenizer: Any, terms: Sequence[UpdateTerm],
                    config: ScoreConfig = ScoreConfig()) -> list[Params]:
-    """g_k = weight_k · ∇θ log π(y_k | x_k) for each term (trainable parameters only).
+    """g_k = weight_k · ∇θ log π(y_k | x_k) for each term (trainable parameters only); for a term with
+    ``token_weights`` w_kt, g_k = ∇θ Σ_t w_kt log π(y_kt | x_k, y_k,<t).
 
-    One forward over all terms (engine), one backward per term; the model's ``.grad`` is untouched.
-    These are the gradients the optimizer sees (``padding_idx`` rows get none, as in training).
-    Memory: T × |θ| numbers (SmolLM2 full finetuning: 0.54 GB a term; LoRA: the adapters only).
+    A term's tokens are its ``prompt_ids``/``response_ids`` when it has them (what was trained on), else the
+    engine's encoding of its text. One forward over all terms (engine), one backward per term; the model's
+    ``.grad`` is untouched. These are the gradients the optimizer sees (``padding_idx`` rows get none, as in
+    training). Memory: T × |θ| numbers (SmolLM2 full finetuning: 0.54 GB a term; LoRA: the adapters only).
     """
     if not terms:
         return []
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    encoded = _encode(tokenizer, [(t.prompt, t.response) for t in terms], config)
+    encoder = Encoder(tokenizer, config)
+    encoded = [EncodedPair(t.prompt_ids, t.response_ids) if t.response_ids is not None and t.prompt_ids is not None
+               else encoder.pair(t.prompt, t.response) for t in terms]
+    for term, pair in zip(terms, encoded):
+        if term.token_weights is not None and len(term.token_weights) != len(pair.response_ids):
+            raise LldynError(f"update term {term.example_id!r} has {len(term.token_weights)} token weights for "
+                             f"{len(pair.response_ids)} response tokens", field="token_weights",
+                             expected="one weight per response token (give response_ids with them)")
     out = []
     with _EvalMode(model), torch.enable_grad():
         batch = collate(encoded, tokenizer.pad_token_id).to(_device(model))
-        logps = sequence_logps(model, batch, chunk_size=config.chunk_size).logps
+        stats = sequence_logps(model, batch, chunk_size=config.chunk_size)
         for k, term in enumerate(terms):
-            grads = torch.autograd.grad(logps[k], list(named.values()), retain_graph=k + 1 < len(terms),
+            if term.token_weights is None:
+                target, factor = stats.logps[k], float(term.weight)
+            else:
+                w = torch.tensor(term.token_weights, dtype=stats.token_logps.dtype, device=stats.token_logps.device)
+                target, factor = (stats.token_logps[k, :len(w)] * w).sum(), 1.0
+            grads = torch.autograd.grad(target, list(named.values()), retain_graph=k + 1 < len(terms),
                                         allow_unused=True)
-            out.append({n: (float(term.weight) * g if g is not None else torch.zeros_like(named[n]))
+            out.append({n: (factor * g if g is not None else torch.zeros_like(named[n]))
                         for n, g in zip(named, grads)})
     return out
 

@@ -15,7 +15,11 @@ from lldyn.io import save_figure
 
 __all__ = ["plot_decomposition", "plot_token_kernel"]
 
-PART_COLOURS = {"chosen": "tab:green", "rejected": "tab:red", "response": "tab:blue", "other": "tab:gray"}
+PART_COLOURS = {"chosen": "tab:green", "rejected": "tab:red", "response": "tab:blue", "positive": "tab:olive",
+                "negative": "tab:purple", "zero_advantage": "tab:cyan", "other": "tab:gray"}
+PART_LABELS = {"chosen": "y+ terms (chosen)", "rejected": "y− terms (rejected)", "response": "SFT terms (response)",
+               "positive": "completions with advantage > 0", "negative": "completions with advantage < 0",
+               "zero_advantage": "advantage 0 (KL term only)", "other": "other (momentum, decay, …)"}
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -63,9 +67,7 @@ def _parts_bars(rows: list[dict[str, Any]], path: Path) -> Path:
             members = [r for r in rows if r["family"] == family]
             means.append(sum(r["parts"].get(part, 0.0) for r in members) / len(members))
         xs = [i - 0.4 + width * (j + 0.5) for i in range(len(families))]
-        label = {"chosen": "y+ terms (chosen)", "rejected": "y− terms (rejected)", "response": "SFT terms (response)",
-                 "other": "other (momentum, decay, …)"}[part]
-        ax.bar(xs, means, width=width, color=PART_COLOURS[part], label=label)
+        ax.bar(xs, means, width=width, color=PART_COLOURS[part], label=PART_LABELS[part])
     actual = [sum(r["actual"] for r in rows if r["family"] == f) / sum(1 for r in rows if r["family"] == f)
               for f in families]
     ax.scatter(range(len(families)), actual, color="black", marker="_", s=300, zorder=3, label="actual Δ log π")

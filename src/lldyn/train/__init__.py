@@ -1,14 +1,16 @@
-"""Finetuning that can be watched: SFT, off-/on-policy DPO, IPO, SLiC, SimPO, and the paper's *extend*.
+"""Finetuning that can be watched: SFT, off-/on-policy DPO, IPO, SLiC, SimPO, the paper's *extend*, and GRPO.
 
 A method is a list of **phases** (:mod:`lldyn.train.config`); one flat loop (:func:`lldyn.train.loop.train`)
 runs them: batch → loss → step → track. Each phase is either SFT-like (one response per example, loss
-:func:`lldyn.losses.sft_loss`) or pairwise (chosen and rejected, a preference loss from :mod:`lldyn.losses`).
+:func:`lldyn.losses.sft_loss`), pairwise (chosen and rejected, a preference loss from :mod:`lldyn.losses`)
+or GRPO (groups of completions sampled from the policy each step, :func:`lldyn.losses.grpo_loss`).
 
 ====================  ======================================================================
 ``config``            :class:`TrainConfig`, the phases of a method, the run's ``config.json``
 ``batches``           encoded examples and their order (a pure function of seed, phase, epoch)
 ``steps``             the loss of one micro-batch per method family, with the gradient's terms
-``reference``         the DPO reference model and its log-probs (computed once, kept in the run)
+``grpo``              GRPO's generation batch of a step: prompts, samples, rewards, advantages
+``reference``         the DPO / GRPO reference model and its log-probs
 ``on_policy``         on-policy rounds: sampled from the policy, labelled by a preference source
 ``optim``             optimizers and schedules
 ``loop``              :func:`train`

@@ -15,7 +15,7 @@ from lldyn.data import (PreferenceExample, SFTExample, is_preference_data, load_
                         sft_from_preferences)
 from lldyn.errors import LldynError
 from lldyn.scoring import EncodedPair, Encoder
-from lldyn.train.config import Phase, TrainConfig
+from lldyn.train.config import Phase, TrainConfig, prompts_per_step
 
 
 @dataclass
@@ -67,7 +67,14 @@ def encode_phase_data(phase: Phase, pairs: Sequence[PreferenceExample], sft: Seq
 
 
 def check_batch(cfg: TrainConfig, n: int, phase: Phase, data: str) -> None:
-    """Refuse a batch larger than the phase's usable examples."""
+    """Refuse a batch larger than the phase's usable examples (GRPO: more prompts per step than it has)."""
+    if phase.kind == "grpo":
+        need = prompts_per_step(cfg)
+        if need > n:
+            raise LldynError(f"a GRPO step samples {need} prompts (batch_size {cfg.batch_size} × grad_accum "
+                             f"{cfg.grad_accum} / num_generations {cfg.num_generations}), more than the {n} prompts",
+                             file=data, field="batch_size", expected=f"at most {n} prompts per step")
+        return
     if cfg.batch_size > n:
         raise LldynError(f"batch size {cfg.batch_size} is larger than the {n} usable examples of phase {phase.name!r}",
                          file=data, field="batch_size", expected=f"--batch-size <= {n}")

@@ -7,7 +7,14 @@ sft         SFT on (x, y+)
 dpo …       one pairwise phase (dpo, ipo, slic, simpo); reference = the starting model
 sft_dpo     SFT on (x, y+), then DPO with the SFT model as reference (the usual pipeline)
 extend      SFT on (x, y+) *and* (x, y−), then DPO with that model as reference (paper Sec. 4.3)
+grpo        on-policy RL: groups of completions sampled from the policy, scored by a reward (one phase)
 ==========  ================================================================================
+
+Defaults that depend on the method (resolved at construction, written resolved to ``config.json``):
+``batch_size`` 4, and 8 for grpo (TRL's ``per_device_train_batch_size``, so that the default
+``num_generations`` 8 divides it); ``beta`` 0.1 (DPO's), and 0.0 for grpo (TRL's GRPOConfig: no KL).
+The GRPO fields (:data:`GRPO_FIELDS`) apply to grpo only: another method refuses them set, and its
+``config.json`` does not carry them.
 """
 from __future__ import annotations
 
@@ -17,13 +24,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lldyn.config import build_config, check, config_to_dict
-from lldyn.losses import PREFERENCE_LOSSES
+from lldyn.losses import GRPO_LOSSES, PREFERENCE_LOSSES, SCALE_REWARDS
 from lldyn.models import ModelConfig
 from lldyn.rundir import RunDir
 from lldyn.runs import model_config
 from lldyn.scoring import ScoreConfig
 
-METHODS = ("sft", "dpo", "ipo", "slic", "simpo", "extend", "sft_dpo")
+METHODS = ("sft", "dpo", "ipo", "slic", "simpo", "extend", "sft_dpo", "grpo")
 OPTIMIZERS = ("adamw", "rmsprop", "sgd")
 SCHEDULERS = ("constant", "linear", "cosine")
 
@@ -35,7 +42,16 @@ class TrainConfig:
     Length of a phase: ``steps`` optimizer steps if given, else ``epochs`` passes over the data.
     The first (SFT) phase of ``extend``/``sft_dpo`` uses ``sft_steps``/``sft_epochs``/``sft_lr``.
     ``max_grad_norm`` 0 turns clipping off. ``eval_every`` 0 turns probe tracking off even with
-    ``probes``; ``checkpoint_every`` 0 checkpoints only at phase ends.
+    ``probes``; ``checkpoint_every`` 0 checkpoints only at phase ends. ``batch_size`` and ``beta`` default
+    by method (module docstring).
+
+    GRPO (``method="grpo"``; names and defaults as TRL 1.16's GRPOConfig): ``reward`` (``builtin`` or
+    ``module:function``, :mod:`lldyn.rewards`), ``num_generations`` completions per prompt, sampled with
+    ``temperature``/``top_p`` up to ``max_completion_length`` tokens; ``loss_type``, ``epsilon``,
+    ``epsilon_high``, ``scale_rewards``, ``mask_truncated_completions`` as in
+    :func:`lldyn.losses.grpo_loss` / :func:`lldyn.losses.group_advantages`. ``batch_size`` counts
+    completions (TRL's per-device batch); one optimizer step trains on a generation batch of
+    ``batch_size × grad_accum`` completions: ``batch_size × grad_accum / num_generations`` prompts.
     """
 
     method: str = "dpo"
@@ -49,7 +65,7 @@ class TrainConfig:
     ref: str | None = None
     steps: int | None = None
     epochs: float = 1.0
-    batch_size: int = 4
+    batch_size: int | None = None
     grad_accum: int = 1
     lr: float = 5e-6
     warmup_steps: int = 0
@@ -58,7 +74,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     momentum: float = 0.0
     max_grad_norm: float = 10.0
-    beta: float = 0.1
+    beta: float | None = None
     simpo_gamma: float = 0.5
     sft_per_token: bool = False
     template: bool = True
@@ -85,16 +101,35 @@ class TrainConfig:
     decompose_every: int = 0
     initial_sample: bool = True
     squeeze_alarm: bool = True
+    reward: str = "builtin"
+    num_generations: int = 8
+    max_completion_length: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    loss_type: str = "dapo"
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    scale_rewards: str = "group"
+    mask_truncated_completions: bool = False
 
     def __post_init__(self) -> None:
         check(self.method in METHODS, "method", f"unknown method {self.method!r}", "one of " + ", ".join(METHODS))
+        grpo = self.method == "grpo"
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", 8 if grpo else 4)
+        if self.beta is None:
+            object.__setattr__(self, "beta", 0.0 if grpo else 0.1)
         check(self.optimizer in OPTIMIZERS, "optimizer", f"unknown optimizer {self.optimizer!r}",
               "one of " + ", ".join(OPTIMIZERS))
         check(self.scheduler in SCHEDULERS, "scheduler", f"unknown scheduler {self.scheduler!r}",
               "one of " + ", ".join(SCHEDULERS))
         check(self.lr > 0, "lr", f"learning rate must be > 0, got {self.lr}", "a positive number")
         check(self.sft_lr is None or self.sft_lr > 0, "sft_lr", f"must be > 0, got {self.sft_lr}", "a positive number")
-        check(self.beta > 0, "beta", f"beta must be > 0, got {self.beta}", "a positive number such as 0.1")
+        if not grpo:
+            check(self.beta > 0, "beta", f"beta must be > 0, got {self.beta}", "a positive number such as 0.1")
+            for name, default in GRPO_FIELDS.items():
+                check(getattr(self, name) == default, name, f"{name} applies to --method grpo only, not {self.method}",
+                      f"--method grpo, or no --{name.replace('_', '-')}")
         check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}", "a positive integer")
         check(self.grad_accum > 0, "grad_accum", f"must be > 0, got {self.grad_accum}", "a positive integer")
         check(self.steps is None or self.steps > 0, "steps", f"must be > 0, got {self.steps}", "a positive integer")
@@ -117,6 +152,8 @@ class TrainConfig:
                   "method dpo, ipo or slic")
             check(bool(self.preference_source), "preference_source", "on-policy training needs a preference source",
                   "hf:MODEL, openai:MODEL or module:function")
+        if grpo:
+            check_grpo(self)
 
     def scoring(self) -> ScoreConfig:
         """The engine's tokenisation for this run (``max_prompt_tokens`` 0 or None: no separate prompt cap)."""
@@ -128,8 +165,44 @@ class TrainConfig:
         return model_config(config_to_dict(self), self.trust_remote_code, name)
 
 
+GRPO_FIELDS: dict[str, Any] = {f: TrainConfig.__dataclass_fields__[f].default for f in (
+    "reward", "num_generations", "max_completion_length", "temperature", "top_p", "loss_type", "epsilon",
+    "epsilon_high", "scale_rewards", "mask_truncated_completions")}
+
+
+def check_grpo(cfg: TrainConfig) -> None:
+    """What a GRPO config must hold (as TRL's GRPOConfig refuses it), before anything runs."""
+    check(cfg.num_generations >= 2, "num_generations",
+          f"GRPO needs at least 2 completions per prompt to compare them, got num_generations={cfg.num_generations}",
+          "an integer >= 2 (TRL's default is 8)")
+    generation_batch = cfg.batch_size * cfg.grad_accum
+    check(generation_batch % cfg.num_generations == 0, "num_generations",
+          f"the generation batch of {generation_batch} completions (batch_size {cfg.batch_size} × grad_accum "
+          f"{cfg.grad_accum}) does not split into groups of num_generations={cfg.num_generations}",
+          f"--batch-size × --grad-accum a multiple of {cfg.num_generations}")
+    check(cfg.loss_type in GRPO_LOSSES, "loss_type", f"unknown GRPO loss type {cfg.loss_type!r}",
+          "one of " + ", ".join(GRPO_LOSSES))
+    check(cfg.scale_rewards in SCALE_REWARDS, "scale_rewards", f"unknown scale_rewards {cfg.scale_rewards!r}",
+          "one of " + ", ".join(SCALE_REWARDS))
+    check(cfg.beta >= 0, "beta", f"the KL coefficient must be >= 0, got {cfg.beta}", "0 (no KL, TRL's default) or > 0")
+    check(cfg.ref is None or cfg.beta > 0, "ref", "--ref is the reference of the KL term, which beta 0 turns off",
+          "--beta > 0 with --ref, or no --ref")
+    check(cfg.epsilon >= 0 and (cfg.epsilon_high is None or cfg.epsilon_high >= 0), "epsilon",
+          f"clip ranges must be >= 0, got epsilon={cfg.epsilon}, epsilon_high={cfg.epsilon_high}", "numbers >= 0")
+    check(cfg.max_completion_length > 0, "max_completion_length", f"must be > 0, got {cfg.max_completion_length}",
+          "a positive number of tokens")
+    check(cfg.temperature > 0, "temperature", f"must be > 0, got {cfg.temperature}", "a positive number")
+    check(0 < cfg.top_p <= 1, "top_p", f"must be in (0, 1], got {cfg.top_p}", "a number in (0, 1]")
+    check(bool(cfg.reward.strip()), "reward", "no reward", "builtin or module:function")
+
+
+def prompts_per_step(cfg: TrainConfig) -> int:
+    """GRPO: prompts of one optimizer step's generation batch (``batch_size × grad_accum / num_generations``)."""
+    return cfg.batch_size * cfg.grad_accum // cfg.num_generations
+
+
 class Phase(NamedTuple):
-    """One stage of a method: ``kind`` 'sft' or a preference loss name; ``include_rejected`` for extend's SFT."""
+    """One stage of a method: ``kind`` 'sft', a preference loss name or 'grpo'; ``include_rejected`` for extend's SFT."""
 
     name: str
     kind: str
@@ -142,7 +215,7 @@ class Phase(NamedTuple):
 def phases(cfg: TrainConfig) -> list[Phase]:
     """The phase list of ``cfg.method`` (see the module docstring)."""
     main = Phase(cfg.method, cfg.method, cfg.steps, cfg.epochs, cfg.lr)
-    if cfg.method == "sft" or cfg.method in PREFERENCE_LOSSES:
+    if cfg.method in ("sft", "grpo") or cfg.method in PREFERENCE_LOSSES:
         return [main]
     first = Phase("sft", "sft", cfg.sft_steps, cfg.sft_epochs, cfg.sft_lr or cfg.lr,
                   include_rejected=cfg.method == "extend")
@@ -150,10 +223,13 @@ def phases(cfg: TrainConfig) -> list[Phase]:
 
 
 def phase_length(phase: Phase, n_examples: int, cfg: TrainConfig) -> int:
-    """Number of optimizer steps of ``phase``."""
+    """Number of optimizer steps of ``phase`` (``n_examples``: its examples, or prompts for grpo)."""
     if phase.steps is not None:
         return phase.steps
-    per_epoch = (n_examples // cfg.batch_size) / cfg.grad_accum
+    if phase.kind == "grpo":
+        per_epoch = float(n_examples // prompts_per_step(cfg))
+    else:
+        per_epoch = (n_examples // cfg.batch_size) / cfg.grad_accum
     return max(1, int(math.floor(per_epoch * phase.epochs)))
 
 
@@ -164,6 +240,8 @@ def run_config(cfg: TrainConfig) -> dict[str, Any]:
     from lldyn.endpoint import public_url
 
     values = config_to_dict(cfg)
+    if cfg.method != "grpo":  # a run of another method writes the config.json it always wrote
+        values = {k: v for k, v in values.items() if k not in GRPO_FIELDS}
     if values.get("base_url"):
         values["base_url"] = public_url(values["base_url"])
     return {"kind": "train", "lldyn_version": lldyn.__version__, **values}

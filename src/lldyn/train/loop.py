@@ -27,17 +27,18 @@ from lldyn.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lldyn.config import check
 from lldyn.distributed import Processes
 from lldyn.errors import LldynError
-from lldyn.losses import UpdateTerm
+from lldyn.losses import PREFERENCE_LOSSES, UpdateTerm
 from lldyn.models import check_model_name
 from lldyn.rundir import RunDir, StoppedRow, TrackSummary, TrainRow
 from lldyn.runs import is_run_dir, load_start_model
 from lldyn.scoring import Encoder
-from lldyn.train.batches import Example, check_batch, encode_phase_data, load_training_data, micro_batch
+from lldyn.train.batches import check_batch, encode_phase_data, load_training_data, micro_batch
 from lldyn.train.config import Phase, TrainConfig, phase_length, phases, run_config
+from lldyn.train.grpo import Generation, encode_prompts, load_grpo_prompts, sample_generation, with_reference
 from lldyn.train.on_policy import on_policy_examples
 from lldyn.train.optim import make_optimizer, make_scheduler
 from lldyn.train.reference import load_or_compute_reference, reference_logps, reference_model
-from lldyn.train.steps import StepOutput, pair_step, sft_step
+from lldyn.train.steps import StepOutput, grpo_step, pair_step, sft_step
 
 
 @dataclass
@@ -62,8 +63,10 @@ class Job:
     encoder: Encoder
     pairs: list[Any]
     plan: list[Phase]
-    phase_data: list[list[Example]]
+    phase_data: list[list[Any]]  # per phase: its Examples, or a GRPO phase's prompts
     source: Any = None
+    reward: Any = None
+    first_generation: Generation | None = None
     tracker: Any = None
     decomposer: Any = None
     checkpoint: Path | None = None
@@ -101,6 +104,9 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
                     job.global_step)
                 ref_values = reference_logps(ref_model, job.tokenizer, current, cfg)
                 job.model.train()
+            if phase.kind == "grpo":
+                current = grpo_generation(job, pi, step, total, ref_model)
+                round_start, round_info = step, current.stats
             optimizer.zero_grad(set_to_none=True)
             stats, terms = forward_backward(job, pi, phase, current, step - round_start, ref_values, optimizer,
                                             scheduler, step)
@@ -143,6 +149,8 @@ def launched_processes(cfg: TrainConfig, decomposer: Any = None) -> Processes:
           f"a multiple of {world} (--batch-size is the global micro-batch; each process takes batch_size / {world} rows)")
     check(not cfg.on_policy, "on_policy", f"on-policy sampling is single-process only, got {world} processes",
           "a run without accelerate launch for --on-policy")
+    check(cfg.method != "grpo", "method", f"GRPO is single-process only, got {world} processes",
+          "a run without accelerate launch for --method grpo")
     check(cfg.decompose_every == 0 and decomposer is None, "decompose_every",
           f"the step decomposition is single-process only, got {world} processes",
           "--decompose-every 0, or a run without accelerate launch")
@@ -156,7 +164,8 @@ def start_job(cfg: TrainConfig, resume: bool, decomposer: Any, callbacks: Sequen
     """Check and load everything (all refusals come before anything is written), then open the run directory,
     attach the decomposer and the tracker, and find where a resumed run continues."""
     procs = launched_processes(cfg, decomposer)
-    pairs, sft = load_training_data(cfg)
+    prompts, reward = load_grpo_prompts(cfg) if cfg.method == "grpo" else ([], None)
+    pairs, sft = load_training_data(cfg) if cfg.method != "grpo" else ([], [])
     plan = phases(cfg)
     source = None
     if cfg.on_policy:
@@ -168,16 +177,21 @@ def start_job(cfg: TrainConfig, resume: bool, decomposer: Any, callbacks: Sequen
     random.seed(cfg.seed)
     lm = load_start_model(cfg.model_config())
     encoder = Encoder(lm.tokenizer, cfg.scoring())
-    phase_data = [encode_phase_data(phase, pairs, sft, encoder, cfg.data) for phase in plan]
+    phase_data = [encode_prompts(prompts, encoder) if phase.kind == "grpo" else
+                  encode_phase_data(phase, pairs, sft, encoder, cfg.data) for phase in plan]
     for phase, examples in zip(plan, phase_data):
         check_batch(cfg, len(examples), phase, cfg.data)
     if cfg.ref is not None and not is_run_dir(cfg.ref):
         check_model_name(cfg.ref)  # a bad --ref is refused before anything is written
     params = [p for p in lm.model.parameters() if p.requires_grad]
     procs.same_start(params)
+    # GRPO: the first generation batch is sampled and scored now, so a reward function that fails on it is
+    # refused before anything is written (the same seed gives the same batch later: nothing changes)
+    first = sample_generation(lm.model, lm.tokenizer, prompts, reward, cfg, 0, 0, 0,
+                              phase_length(plan[0], len(prompts), cfg)) if reward is not None and not resume else None
     run = procs.from_main(lambda: RunDir.create(cfg.out, run_config(cfg), resume=resume))
-    job = Job(cfg, procs, run, lm.model, lm.tokenizer, params, encoder, pairs, plan, phase_data, source,
-              progress=progress)
+    job = Job(cfg, procs, run, lm.model, lm.tokenizer, params, encoder, pairs, plan, phase_data, source, reward,
+              first, progress=progress)
     job.decomposer = decomposer if decomposer is not None else make_decomposer(job)
     job.tracker = make_tracker(job, callbacks)
     find_resume_point(job, resume)
@@ -208,8 +222,8 @@ def make_tracker(job: Job, callbacks: Sequence[Callable]) -> Any:
     from lldyn.tracking import Tracker
 
     all_callbacks = list(callbacks)
-    if cfg.squeeze_alarm and any(p.kind != "sft" for p in job.plan):
-        first = next(i for i, p in enumerate(job.plan) if p.kind != "sft")
+    if cfg.squeeze_alarm and any(p.kind in PREFERENCE_LOSSES for p in job.plan):
+        first = next(i for i, p in enumerate(job.plan) if p.kind in PREFERENCE_LOSSES)
         start = sum(phase_length(p, len(d), cfg) for p, d in zip(job.plan[:first], job.phase_data[:first]))
         all_callbacks.append(squeeze_alarm(from_step=start))
     return Tracker(job.model, job.tokenizer, cfg.probes, job.run, every=cfg.eval_every, score_config=cfg.scoring(),
@@ -252,10 +266,13 @@ def resume_point(job: Job, phase_index: int, total: int, optimizer: Any, schedul
 
 def phase_reference(job: Job, phase_index: int, phase: Phase, resumed: bool) -> tuple[Any, Any]:
     """(reference model, reference log-probs) of a pairwise phase; off-policy the log-probs are computed once
-    (rank 0 reads or computes and writes them; every rank gets the same values)."""
+    (rank 0 reads or computes and writes them; every rank gets the same values). GRPO: the frozen reference
+    model of its KL term (None with β = 0)."""
     cfg = job.cfg
-    if phase.kind in ("sft", "simpo"):
+    if phase.kind in ("sft", "simpo") or (phase.kind == "grpo" and cfg.beta == 0.0):
         return None, None
+    if phase.kind == "grpo":
+        return reference_model(cfg, job.model, resumed=resumed), None
     ref_model = reference_model(cfg, job.model, resumed=resumed)
     if cfg.on_policy:
         return ref_model, None
@@ -267,21 +284,16 @@ def phase_reference(job: Job, phase_index: int, phase: Phase, resumed: bool) -> 
 # --------------------------------------------------------------------------- one step
 
 
-def forward_backward(job: Job, phase_index: int, phase: Phase, examples: Sequence[Example], index: int,
+def forward_backward(job: Job, phase_index: int, phase: Phase, examples: Any, index: int,
                      ref_values: Any, optimizer: Any, scheduler: Any, step: int) -> tuple[dict[str, float], list[UpdateTerm]]:
     """Loss and backward over ``grad_accum`` micro-batches (micro-batch ``index·grad_accum + k`` of the phase, or
-    of the on-policy round); returns the statistics averaged over them and ranks, and the gradient's terms."""
+    of the on-policy round; for GRPO the k-th of the step's generation batch); returns the statistics averaged
+    over them and ranks, and the gradient's terms."""
     cfg = job.cfg
     stats: dict[str, float] = {}
     terms: list[UpdateTerm] = []
     for k in range(cfg.grad_accum):
-        batch = job.procs.shard(micro_batch(examples, cfg, phase_index, index * cfg.grad_accum + k))
-        out: StepOutput
-        if phase.kind == "sft":
-            out = sft_step(job.model, batch, job.tokenizer.pad_token_id, cfg, 1.0 / cfg.grad_accum)
-        else:
-            out = pair_step(job.model, batch, job.tokenizer.pad_token_id, cfg, phase.kind, ref_values,
-                            1.0 / cfg.grad_accum)
+        out = micro_step(job, phase_index, phase, examples, index * cfg.grad_accum + k, k, ref_values)
         if not job.procs.all_finite(out.loss):
             stop_non_finite(job, optimizer, scheduler, phase_index, step, job.global_step, job.procs.mean(out.stats))
         out.loss.backward()
@@ -290,6 +302,35 @@ def forward_backward(job: Job, phase_index: int, phase: Phase, examples: Sequenc
             stats[key] = stats.get(key, 0.0) + v / cfg.grad_accum
     job.procs.average_gradients(job.params)
     return job.procs.mean(stats), terms
+
+
+def micro_step(job: Job, phase_index: int, phase: Phase, examples: Any, index: int, k: int,
+               ref_values: Any) -> StepOutput:
+    """The loss of one micro-batch: micro-batch ``index`` of the phase's examples (this rank's share), or the
+    ``k``-th micro-batch of a GRPO step's :class:`~lldyn.train.grpo.Generation`."""
+    cfg, pad_id = job.cfg, job.tokenizer.pad_token_id
+    if phase.kind == "grpo":
+        return grpo_step(job.model, examples.micro_batch(k, cfg.batch_size), pad_id, cfg, examples.num_items)
+    batch = job.procs.shard(micro_batch(examples, cfg, phase_index, index))
+    if phase.kind == "sft":
+        return sft_step(job.model, batch, pad_id, cfg, 1.0 / cfg.grad_accum)
+    return pair_step(job.model, batch, pad_id, cfg, phase.kind, ref_values, 1.0 / cfg.grad_accum)
+
+
+def grpo_generation(job: Job, phase_index: int, step: int, total: int, ref_model: Any) -> Generation:
+    """GRPO: the generation batch of phase step ``step`` (sampled from the current policy, or the first one,
+    sampled by :func:`start_job`), with the reference's log-probs when β > 0, saved in the run directory."""
+    first, job.first_generation = job.first_generation, None
+    if first is not None and first.phase_step == step:
+        generation = first
+    else:
+        generation = sample_generation(job.model, job.tokenizer, job.phase_data[phase_index], job.reward, job.cfg,
+                                       phase_index, step, job.global_step, total)
+    generation = with_reference(generation, ref_model, job.tokenizer.pad_token_id, job.cfg)
+    if job.procs.is_main:
+        job.run.write_grpo_step(job.global_step + 1, generation.rows)
+    job.model.train()
+    return generation
 
 
 def clip_gradients(job: Job, optimizer: Any, scheduler: Any, phase_index: int, step: int) -> float:

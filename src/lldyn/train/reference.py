@@ -1,9 +1,10 @@
-"""The reference model of DPO-family phases and its log-probs.
+"""The reference model of DPO-family and GRPO phases and its log-probs.
 
 Off-policy, the reference log-probs of a phase's pairs are computed once at its start with the engine
 and kept in the run directory, so no second model sits in memory and a resumed run uses the same
-values. On-policy, the responses change every round, so a frozen reference is kept: with LoRA the
-policy with its adapter switched off (no copy), otherwise a frozen copy of the starting model.
+values. On-policy (on-policy DPO, and GRPO with β > 0), the responses change every round, so a frozen
+reference is kept: with LoRA the policy with its adapter switched off (no copy), otherwise a frozen copy
+of the starting model.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, NamedTuple, Sequence
 from lldyn.models import load_model
 from lldyn.rundir import RunDir
 from lldyn.runs import is_run_dir, load_run_model, load_start_model
-from lldyn.scoring import ScoreRequest, score
+from lldyn.scoring import EncodedPair, ScoreRequest, score, score_encoded
 from lldyn.train.batches import Example
 from lldyn.train.config import TrainConfig
 
@@ -39,6 +40,16 @@ def reference_logps(model: Any, tokenizer: Any, examples: Sequence[Example], cfg
     return {e.id: (res[2 * i].logp, res[2 * i + 1].logp) for i, e in enumerate(examples)}
 
 
+def reference_token_logps(model: Any, encoded: Sequence[EncodedPair], pad_id: int, cfg: TrainConfig
+                          ) -> list[tuple[float, ...]]:
+    """log π_ref(y_t | x, y_<t) of every token of every encoded response (GRPO's KL term), with the engine
+    (no grad, prefix shared)."""
+    if isinstance(model, AdapterDisabled):
+        with model.model.disable_adapter():
+            return reference_token_logps(model.model, encoded, pad_id, cfg)
+    return [r.token_logps for r in score_encoded(model, encoded, pad_id, cfg.scoring(), per_token=True)]
+
+
 def load_or_compute_reference(run: RunDir | None, phase_index: int, ref_model: Any, tokenizer: Any,
                               examples: Sequence[Example], cfg: TrainConfig) -> dict[str, tuple[float, float]]:
     """Reference log-probs of a phase, kept in the run directory so a resumed run uses the same ones."""
@@ -52,20 +63,20 @@ def load_or_compute_reference(run: RunDir | None, phase_index: int, ref_model: A
 
 
 def reference_model(cfg: TrainConfig, model: Any, resumed: bool = False) -> Any:
-    """The DPO reference: ``--ref`` if given, else the model as it is at the start of this phase.
+    """The DPO / GRPO reference: ``--ref`` if given, else the model as it is at the start of this phase.
 
     Off-policy, the reference is only needed for the log-probs computed right now, so the policy
-    itself serves (no copy). On-policy it must stay frozen: with LoRA, the policy with its adapter
+    itself serves (no copy). On-policy (and for GRPO) it must stay frozen: with LoRA, the policy with its adapter
     disabled (:class:`AdapterDisabled`, no copy); otherwise a frozen deep copy — or, when the run
     was ``resumed`` in the middle of the phase (the policy already moved), the starting model loaded
-    again (on-policy runs are single-phase, so the phase starts from the starting model).
+    again (on-policy and GRPO runs are single-phase, so the phase starts from the starting model).
     """
     if cfg.ref is not None:
         if is_run_dir(cfg.ref):  # an earlier run's final model, e.g. the SFT run of a two-run pipeline
             ref = load_run_model(cfg.ref, trust_remote_code=cfg.trust_remote_code).model
             return ref.merge_and_unload() if hasattr(ref, "merge_and_unload") else ref
         return load_model(replace(cfg.model_config(cfg.ref), lora_r=0)).model
-    if not cfg.on_policy:
+    if not (cfg.on_policy or cfg.method == "grpo"):
         return model
     if cfg.lora_r > 0 and hasattr(model, "disable_adapter"):
         return AdapterDisabled(model)
