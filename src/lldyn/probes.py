@@ -28,7 +28,6 @@ A probe set is saved as ``probes.jsonl``, one :class:`Probe` per line::
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass, field
 from importlib import resources
@@ -359,7 +358,3 @@ def probe_set_summary(probes: ProbeSet) -> str:
         counts[p.family] = counts.get(p.family, 0) + 1
     return f"{len(probes.prompt_ids)} prompts, {len(probes)} probes (" + ", ".join(
         f"{f} {counts[f]}" for f in probes.families) + ")"
-
-
-def _json_key(prompt: Prompt) -> str:
-    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import gzip
-import io
 import math
 import struct
 import time
@@ -36,6 +35,7 @@ from torch import nn
 
 from lldyn.config import check, config_to_dict
 from lldyn.errors import LldynError
+from lldyn.io import save_figure
 from lldyn.rundir import RunDir, TrainRow
 
 N_CLASSES = 10
@@ -474,15 +474,7 @@ def _pair_summaries(a: CheckpointAnalysis, probe_y: torch.Tensor, update_y: torc
 
 # --------------------------------------------------------------------------------------- figures
 def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    from lldyn.io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_figure(fig, path, dpi=90, bbox_inches="tight")
 
 
 def _pyplot():
