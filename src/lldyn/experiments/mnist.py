@@ -422,7 +422,8 @@ def pick_watched(split: Split, config: MnistConfig, generator: torch.Generator) 
     """``probes_per_class`` held-out digits and ``updates_per_class`` training digits of every class."""
     probe_idx = per_class_sample(split.test_y, config.probes_per_class, generator)
     update_idx = per_class_sample(split.train_y, config.updates_per_class, generator)
-    return Watched(split.test_x[probe_idx], split.test_y[probe_idx], split.train_x[update_idx], split.train_y[update_idx])
+    return Watched(split.test_x[probe_idx], split.test_y[probe_idx],
+                   split.train_x[update_idx], split.train_y[update_idx])
 
 
 class Training(NamedTuple):
