@@ -25,11 +25,14 @@ import logging
 import os
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from itertools import islice
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar, Union
 
 from lldyn.errors import LldynError, Where
+
+# pyarrow and datasets are imported where they are used: only Parquet files and Hub data sets need them,
+# and both are slow to import.
 
 Message = dict[str, str]
 Prompt = Union[str, list[Message]]
