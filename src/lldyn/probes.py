@@ -39,6 +39,8 @@ from lldyn.errors import LldynError, Where
 from lldyn.io import atomic_write_jsonl, dumps, read_jsonl_lines
 from lldyn.rephrase import RephraseRequest
 
+# tqdm is imported only when a progress bar is asked for.
+
 REPHRASE_FAMILIES = ("chosen_rephrase_semantic", "chosen_rephrase_format",
                      "rejected_rephrase_semantic", "rejected_rephrase_format")
 STATIC_FAMILIES = ("chosen", "rejected", *REPHRASE_FAMILIES, "other_chosen", "test_chosen", "random_sentence",

@@ -22,11 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from lldyn.decompose.plots import plot_decomposition
 from lldyn.errors import LldynError
 from lldyn.io import atomic_write_text, read_jsonl, save_figure
 from lldyn.probes import FAMILIES
 from lldyn.rundir import FIGURES, PROBE_TABLE, REPORT, RunDir, TrackSummary
 from lldyn.squeeze import squeeze_intervals
+
+# matplotlib is imported inside the drawing functions: it is slow to import and only figures need it.
 
 LOGP_FIGURE = "probe_logp.png"
 DELTA_FIGURE = "probe_delta.png"
@@ -427,8 +430,6 @@ def write_report(runs: Sequence[str | Path], out: str | Path | None = None,
 
 def decomposition_sections(runs: Sequence[RunData], figures: Path) -> list[tuple[str, str]]:
     """For each decomposed run: predicted vs actual and the +/− split, drawn into the report's own figures."""
-    from lldyn.decompose.plots import plot_decomposition
-
     sections = []
     for i, d in enumerate(runs):
         drawn = plot_decomposition(d.run.decompose_rows(), figures, prefix=f"decompose-{i}")
