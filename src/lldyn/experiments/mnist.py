@@ -39,6 +39,9 @@ from lldyn.errors import LldynError
 from lldyn.io import save_figure
 from lldyn.rundir import RunDir, TrainRow
 
+# matplotlib (the figures) and scikit-learn (the offline stand-in digits) are imported where they are used:
+# both are slow to import and the data readers and the analysis need neither.
+
 N_CLASSES = 10
 IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions (N, rows, cols)
 LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension (N,)

@@ -26,6 +26,8 @@ from lldyn.decompose.classifier import adaptation_matrix as _adaptation_matrices
 from lldyn.io import atomic_write_json, save_figure
 from lldyn.losses import residual_from_probs
 
+# matplotlib is imported inside the drawing functions: it is slow to import, and compute_toy needs no figures.
+
 # Multinomial logistic regression z = W x with W: (V, d), x: (d,), π = softmax(z) — the paper's
 # App. C illustration. Here the paper's step-wise decomposition is exact in z: a step W ← W − η G xᵀ
 # changes the logits at x by Δz = −η ‖x‖² G (the eNTK of a linear head is K = ‖x‖² I), and to first
