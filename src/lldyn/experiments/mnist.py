@@ -508,15 +508,6 @@ def _save(fig: Any, path: Path) -> Path:
     return save_figure(fig, path, dpi=90, bbox_inches="tight")
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _diverging(ax: Any, matrix: np.ndarray, title: str) -> Any:
     lim = float(np.nanmax(np.abs(matrix))) or 1.0
     im = ax.imshow(matrix, cmap="RdBu_r", vmin=-lim, vmax=lim)
@@ -526,9 +517,11 @@ def _diverging(ax: Any, matrix: np.ndarray, title: str) -> Any:
 
 def write_heatmap(analyses: list[CheckpointAnalysis], path: Path) -> Path:
     """Per checkpoint: actual (top) and A·K·G-predicted (bottom) 10×10 class matrices."""
-    plt = _pyplot()
+    from matplotlib.figure import Figure
+
     n = len(analyses)
-    fig, axes = plt.subplots(3, n, figsize=(4.2 * n, 11), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(4.2 * n, 11), layout="constrained")
+    axes = fig.subplots(3, n, squeeze=False)
     for j, a in enumerate(analyses):
         rows = ((a.matrix, "actual Δ log π(y=b)"), (a.matrix_predicted, "predicted −ηAKG"),
                 (a.ntk_similarity, "eNTK cosine of x_o, x_u"))
@@ -551,8 +544,10 @@ def write_heatmap(analyses: list[CheckpointAnalysis], path: Path) -> Path:
 
 def write_scatter(analyses: list[CheckpointAnalysis], path: Path) -> Path:
     """Predicted −ηAKG vs actual Δ log π for every (probe, update, class), one colour per checkpoint."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5), layout="constrained")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 5), layout="constrained")
+    ax = fig.subplots()
     lo, hi = math.inf, -math.inf
     for a in analyses:
         x, y = a.actual.flatten().numpy(), a.predicted.flatten().numpy()
@@ -568,10 +563,11 @@ def write_scatter(analyses: list[CheckpointAnalysis], path: Path) -> Path:
 def write_pairs(a: CheckpointAnalysis, probe_x: torch.Tensor, probe_y: torch.Tensor, update_x: torch.Tensor,
                 update_y: torch.Tensor, path: Path) -> Path:
     """One row per chosen (x_o, x_u): the two images, A(x_o), K(x_o, x_u), G(x_u), predicted vs actual."""
-    plt = _pyplot()
+    from matplotlib.figure import Figure
+
     pairs = _pair_indices(probe_y, update_y) or [(0, 0)]
-    fig, axes = plt.subplots(len(pairs), 6, figsize=(19, 3.1 * len(pairs)), squeeze=False,
-                             layout="constrained")
+    fig = Figure(figsize=(19, 3.1 * len(pairs)), layout="constrained")
+    axes = fig.subplots(len(pairs), 6, squeeze=False)
     classes = np.arange(N_CLASSES)
     for row, (o, u) in zip(axes, pairs):
         row[0].imshow(probe_x[o, 0].numpy(), cmap="gray_r")
