@@ -1,4 +1,4 @@
-"""Crash safety (issue 9.2, 9.5): SIGKILL a real training run five times, resume, get the same numbers;
+"""Crash safety: SIGKILL a real training run five times, resume, get the same numbers;
 a full disk while writing a checkpoint leaves the previous one intact.
 
 The killed run is ``lldyn train`` in a subprocess (sft_dpo on the tiny model, a checkpoint and a

@@ -1,4 +1,4 @@
-"""Determinism (issue 9.3): on the CPU the same seed gives bit-identical probe curves and losses.
+"""Determinism: on the CPU the same seed gives bit-identical probe curves and losses.
 
 What is *not* deterministic on a GPU, and how to make it so, is in docs/reliability.md.
 """

@@ -1,4 +1,4 @@
-"""Probe sets (issue 4.1): every family for every prompt, the right sources, rephrasers, atomic files, bad input."""
+"""Probe sets: every family for every prompt, the right sources, rephrasers, atomic files, bad input."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""The bad-input catalogue (issue 9.1): every command, every kind of user input, one clear line.
+"""The bad-input catalogue: every command, every kind of user input, one clear line.
 
 Each case builds its inputs in a fresh directory, runs the real CLI there and checks that
 

@@ -1,4 +1,4 @@
-"""The report (issue 4.4): hand-worked curves, several runs, a self-contained HTML that escapes data text."""
+"""The report: hand-worked curves, several runs, a self-contained HTML that escapes data text."""
 from __future__ import annotations
 
 import base64

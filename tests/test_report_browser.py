@@ -1,4 +1,4 @@
-"""The report escapes all data set and model text (issue 9.4), checked in a real headless Chromium.
+"""The report escapes all data set and model text, checked in a real headless Chromium.
 
 A tiny tracked run whose prompts, responses, prompt ids and run label carry a ``<script>`` and an
 ``<img onerror>`` is turned into report.html by ``lldyn report``; Chromium loads it, runs whatever

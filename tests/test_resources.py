@@ -1,4 +1,4 @@
-"""Resources (issue 9.5): data and probe files are streamed, and one too large for memory is refused with
+"""Resources: data and probe files are streamed, and one too large for memory is refused with
 a clear message naming the file and the limit (LLDYN_MAX_ROWS, LLDYN_MAX_JSON_BYTES), never an OOM.
 
 The limits are set small here; the defaults (1,000,000 rows, 512 MiB for a .json document) are in

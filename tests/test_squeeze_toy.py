@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -12,7 +14,10 @@ from lldyn.errors import LldynError
 from lldyn.experiments.squeeze_toy import (
     NEG_PROB_SWEEP,
     PEAK_SWEEP,
+    Claim,
     SqueezeToyConfig,
+    SweepPoint,
+    ToyCase,
     adaptation_matrix,
     compute_toy,
     first_order_change,
@@ -26,6 +31,7 @@ from lldyn.experiments.squeeze_toy import (
     squeeze_metrics,
     sweep_neg_prob,
     sweep_peakiness,
+    toy_claims,
     toy_step,
 )
 
@@ -246,15 +252,230 @@ def test_set_label_prob_keeps_the_others_proportions():
     torch.testing.assert_close(p1[keep] / p1[keep].sum(), p0[keep] / p0[keep].sum())
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_all_toy_claims_hold(seed):
-    cases, _, _, claims = compute_toy(SqueezeToyConfig(seed=seed))
-    failed = [c.line() for c in claims if not c.passed]
-    assert not failed, failed
-    assert len(claims) == 11 and len(cases) == 5
-    assert cases[-1].result.pi_before.shape == (1000,)
-    dpo = {c.name: c for c in cases}["4-dpo-valley"]
-    assert dpo.result.pi_after[dpo.result.pos_label] < dpo.result.pi_before[dpo.result.pos_label]
+# --- the toy's claims, each with its threshold written here ------------------------------------
+# Thresholds come from the paper (Sec. 3.3, App. C) and from the numbers docs/squeezing.md reports for
+# seed 0, loosened only as far as seeds 1 and 2 need; none is read from the module. Each check raises
+# AssertionError, so the test of the module's own ``Claim.passed`` flags can run the same checks.
+
+
+class Toy(NamedTuple):
+    case: dict[str, ToyCase]
+    prob_sweep: tuple[SweepPoint, ...]
+    peak_sweep: tuple[SweepPoint, ...]
+    claims: tuple[Claim, ...]
+
+
+@pytest.fixture(scope="module", params=[0, 1, 2], ids=lambda seed: f"seed{seed}")
+def toy(request) -> Toy:
+    cases, prob_sweep, peak_sweep, claims = compute_toy(SqueezeToyConfig(seed=request.param))
+    return Toy({c.name: c for c in cases}, prob_sweep, peak_sweep, claims)
+
+
+def _others(res, *drop: int | None) -> torch.Tensor:
+    """(V,) bool: every label except ``drop``."""
+    keep = torch.ones_like(res.pi_before, dtype=torch.bool)
+    for label in drop:
+        if label is not None:
+            keep[label] = False
+    return keep
+
+
+def check_positive_pulls_up_and_the_peak_pays(t: Toy):
+    """SFT-like step on a rank-6 label: π(y+) grows (docs: 0.0137 → 0.2798), the old argmax gives up most."""
+    res = t.case["1-positive"].result
+    y, p0, p1 = res.pos_label, res.pi_before, res.pi_after
+    assert p1[y] > 5 * p0[y], (float(p0[y]), float(p1[y]))
+    top = int(p0.argmax())
+    paid = torch.where(_others(res, y), p0 - p1, torch.tensor(-math.inf, dtype=D))
+    assert top != y and int(paid.argmax()) == top
+
+
+def check_flat_spreads_evenly(t: Toy):
+    """Flat π: y− gives up most of its mass (docs: 0.0200 → 0.0016), no label loses, all gain alike, and
+    the argmax gets about a fair 1/(V−1) share (docs: 0.031 per unit freed, fair 0.020), not a squeeze."""
+    case = t.case["2-negative-flat"]
+    res, m = case.result, case.metrics
+    y = res.neg_label
+    assert res.pi_after[y] < res.pi_before[y] / 5
+    others = _others(res, y)
+    gain = res.pi_after[others] / res.pi_before[others]
+    assert (gain >= 1).all()
+    assert float(gain.max() / gain.min()) < 1.05
+    assert m.squeeze_ratio < 2 / 49
+
+
+def check_peak_feeds_the_runner_up(t: Toy):
+    """Negative gradient on the peak: it falls, and the runner-up gains most, absolutely and relatively."""
+    res = t.case["3-negative-peak"].result
+    p0, p1, y = res.pi_before, res.pi_after, res.neg_label
+    assert y == int(p0.argmax()) and p1[y] < p0[y]
+    runner_up = int(torch.argsort(p0, descending=True)[1])
+    others = _others(res, y)
+    minus_inf = torch.tensor(-math.inf, dtype=D)
+    assert int(torch.where(others, p1 - p0, minus_inf).argmax()) == runner_up
+    assert int(torch.where(others, p1 / p0, minus_inf).argmax()) == runner_up
+
+
+def _check_neg_falls_and_argmax_rises(t: Toy, name: str, fold: float, argmax_gain: float):
+    res, m = t.case[name].result, t.case[name].metrics
+    y = res.neg_label
+    top = int(torch.where(_others(res, y), res.pi_before, torch.tensor(-1.0, dtype=D)).argmax())
+    assert m.argmax_label == top
+    assert res.pi_after[y] < res.pi_before[y] / fold, (float(res.pi_before[y]), float(res.pi_after[y]))
+    assert res.pi_after[top] > argmax_gain * res.pi_before[top], (float(res.pi_before[top]), float(res.pi_after[top]))
+
+
+def _check_bystanders_squeezed(t: Toy, name: str, share: float, ratio: float):
+    """Labels below y* (not y−, not y+) lose mass, and y* gains far more than y− gave up."""
+    res, m = t.case[name].result, t.case[name].metrics
+    bystanders = _others(res, res.neg_label, m.argmax_label, res.pos_label)
+    losing = res.pi_after[bystanders] < res.pi_before[bystanders]
+    assert float(losing.double().mean()) > share
+    assert m.frac_bystanders_losing == pytest.approx(float(losing.double().mean()))
+    freed = res.pi_before[res.neg_label] - res.pi_after[res.neg_label]
+    gained = res.pi_after[m.argmax_label] - res.pi_before[m.argmax_label]
+    assert float(gained / freed) > ratio
+    assert m.squeeze_ratio == pytest.approx(float(gained / freed))
+
+
+def check_dpo_valley_neg_falls_argmax_rises(t: Toy):
+    """Off-policy DPO, 20 steps: π(y−) 1.2e-6 → 4e-15, the argmax 0.789 → 1.000 (docs)."""
+    _check_neg_falls_and_argmax_rises(t, "4-dpo-valley", fold=1e3, argmax_gain=1.1)
+    assert t.case["4-dpo-valley"].result.pi_after.max() > 0.9
+
+
+def check_dpo_valley_bystanders_squeezed(t: Toy):
+    """Docs: every label below the argmax loses mass; the argmax gains 1.8e5 times what y− gave up."""
+    _check_bystanders_squeezed(t, "4-dpo-valley", share=0.99, ratio=1e4)
+
+
+def check_dpo_valley_chosen_falls(t: Toy):
+    """The squeeze beats the positive gradient: π(y+) at x− ends well below its start (docs: 0.0137 → 8e-6)."""
+    res = t.case["4-dpo-valley"].result
+    y = res.pos_label
+    assert res.pi_after[y] < 0.75 * res.pi_before[y], (float(res.pi_before[y]), float(res.pi_after[y]))
+
+
+def check_large_neg_falls_argmax_rises(t: Toy):
+    """V = 1,000: π(y−) 6.0e-10 → 3.7e-11, the argmax 0.243 → 0.378 (docs)."""
+    _check_neg_falls_and_argmax_rises(t, "5-large", fold=5, argmax_gain=1.1)
+
+
+def check_large_bystanders_squeezed(t: Toy):
+    """Docs: all 998 labels below the argmax lose mass (0.135 in total)."""
+    _check_bystanders_squeezed(t, "5-large", share=0.95, ratio=1e3)
+
+
+def check_large_rich_get_richer(t: Toy):
+    """π_after/π_before rises with π_before's rank over y* and the bystanders (App. C)."""
+    res = t.case["5-large"].result
+    ranked = _others(res, res.neg_label)
+    p0, p1 = res.pi_before[ranked], res.pi_after[ranked]
+    log_ratio = (torch.log(p1) - torch.log(p0))[torch.argsort(p0)]
+    assert (log_ratio.diff() >= -1e-9).all()
+
+
+def check_smaller_neg_prob_squeezes_harder(t: Toy):
+    """Sweep of π(y−) 0.3 → 1e-6 with the rest's shape fixed: the argmax's gain per unit freed grows
+    (docs: 1.37 → 1.8e5) and so does the share of bystander mass lost (docs: 0.733 → 0.861)."""
+    neg_p = [p.neg_before for p in t.prob_sweep]
+    assert neg_p == pytest.approx(list(NEG_PROB_SWEEP), rel=1e-9)
+    ratios = [p.metrics.squeeze_ratio for p in t.prob_sweep]
+    assert all(b > a for a, b in zip(ratios, ratios[1:])), ratios
+    assert ratios[0] < 10 and ratios[-1] > 1e4
+    lost = [p.metrics.bystander_loss_fraction for p in t.prob_sweep]
+    assert all(b >= a - 1e-12 for a, b in zip(lost, lost[1:])), lost
+    assert lost[-1] > lost[0] + 0.05
+
+
+def check_peakier_squeezes_more_labels(t: Toy):
+    """Logit scale 0.05 → 4 (valley y−): max π grows from about uniform (docs: 0.022 → 0.932), the share of
+    labels losing mass from none to nearly all (docs: 0 → 0.98), and the argmax's gain per unit freed."""
+    peaks = [p.peak_before for p in t.peak_sweep]
+    assert all(b > a for a, b in zip(peaks, peaks[1:])) and peaks[0] < 0.05 and peaks[-1] > 0.3
+    frac = [p.metrics.frac_losers for p in t.peak_sweep]
+    assert all(b >= a for a, b in zip(frac, frac[1:])), frac
+    assert frac[0] == 0 and frac[-1] > 0.9
+    ratios = [p.metrics.squeeze_ratio for p in t.peak_sweep]
+    assert all(b > a for a, b in zip(ratios, ratios[1:])), ratios
+
+
+# In the order of the module's claims (lldyn.experiments.squeeze_toy.toy_claims).
+CLAIM_CHECKS = (
+    check_positive_pulls_up_and_the_peak_pays,
+    check_flat_spreads_evenly,
+    check_peak_feeds_the_runner_up,
+    check_dpo_valley_neg_falls_argmax_rises,
+    check_dpo_valley_bystanders_squeezed,
+    check_dpo_valley_chosen_falls,
+    check_large_neg_falls_argmax_rises,
+    check_large_bystanders_squeezed,
+    check_large_rich_get_richer,
+    check_smaller_neg_prob_squeezes_harder,
+    check_peakier_squeezes_more_labels,
+)
+
+
+@pytest.mark.parametrize("check", CLAIM_CHECKS, ids=lambda f: f.__name__.removeprefix("check_"))
+def test_toy_claim(toy, check):
+    check(toy)
+
+
+def _holds(check, t: Toy) -> bool:
+    try:
+        check(t)
+    except AssertionError:
+        return False
+    return True
+
+
+def _still(case: ToyCase) -> ToyCase:
+    """The case as if the updates had moved nothing."""
+    res = case.result
+    still = dataclasses.replace(res, pi_after=res.pi_before, logits_after=res.logits_before,
+                                trajectory=res.trajectory[:1].expand_as(res.trajectory))
+    metrics = None if case.metrics is None else squeeze_metrics(res.pi_before, res.pi_before, res.neg_label,
+                                                                pos_label=res.pos_label)
+    return dataclasses.replace(case, result=still, metrics=metrics)
+
+
+def test_the_modules_claim_flags_agree_with_these_checks(toy):
+    """On the toy, and on the toy with every case frozen (where the case claims must fail, both here and there)."""
+    assert [c.passed for c in toy.claims] == [_holds(check, toy) for check in CLAIM_CHECKS] == [True] * 11
+    cases = tuple(_still(c) for c in toy.case.values())
+    frozen = Toy({c.name: c for c in cases}, toy.prob_sweep, toy.peak_sweep,
+                 toy_claims(cases, toy.prob_sweep, toy.peak_sweep))
+    verdicts = [_holds(check, frozen) for check in CLAIM_CHECKS]
+    assert [c.passed for c in frozen.claims] == verdicts
+    assert verdicts.count(False) >= 8  # all but rich-get-richer (trivially true of a still π) and the sweeps
+
+
+def test_the_toy_has_five_cases_and_a_large_one(toy):
+    assert list(toy.case) == ["1-positive", "2-negative-flat", "3-negative-peak", "4-dpo-valley", "5-large"]
+    assert toy.case["5-large"].result.pi_before.shape == (1000,)
+    assert toy.case["1-positive"].metrics is None and toy.case["4-dpo-valley"].x_pos is not None
+
+
+def test_squeeze_metrics_by_hand():
+    """V = 4, y− = 3, y* = 0, bystanders 1 and 2 (or only 2 when 1 is y+)."""
+    p0 = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=D)
+    p1 = torch.tensor([0.6, 0.25, 0.12, 0.03], dtype=D)
+    m = squeeze_metrics(p0, p1, neg_label=3)
+    assert (m.argmax_label, m.n_losers) == (0, 2)
+    assert (m.neg_before, m.neg_after, m.delta_neg) == pytest.approx((0.05, 0.03, -0.02))
+    assert (m.argmax_before, m.argmax_after, m.delta_argmax) == pytest.approx((0.5, 0.6, 0.1))
+    assert m.frac_losers == pytest.approx(2 / 3) and m.frac_bystanders_losing == 1.0
+    assert m.mass_lost_below_argmax == pytest.approx(0.08)
+    assert m.bystander_loss_fraction == pytest.approx(0.08 / 0.45)
+    assert m.squeeze_ratio == pytest.approx(5.0)  # 0.1 gained for 0.02 freed
+    assert m.rich_get_richer  # ratios 0.8, 0.833, 1.2 in the order of π_before 0.15, 0.3, 0.5
+    assert m.first_order_threshold == pytest.approx(0.25 + 0.09 + 0.0225 + 0.0025 - 0.05)
+    assert m.entropy_before == pytest.approx(-sum(p * math.log(p) for p in p0.tolist()))
+    with_pos = squeeze_metrics(p0, p1, neg_label=3, pos_label=1)
+    assert with_pos.mass_lost_below_argmax == pytest.approx(0.03)
+    assert with_pos.bystander_loss_fraction == pytest.approx(0.2)
+    p1_unranked = torch.tensor([0.5, 0.3, 0.1, 0.1], dtype=D)  # the bottom label doubles, the middle one loses
+    assert not squeeze_metrics(p0, p1_unranked, neg_label=1).rich_get_richer
 
 
 def test_config_validation():

@@ -1,4 +1,4 @@
-"""Live tracking (issue 4.2-4.3): values equal the engine's, argmax = the engine's y*, schedule, deltas, resume."""
+"""Live tracking: values equal the engine's, argmax = the engine's y*, schedule, deltas, resume."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""LearningDynamicsCallback (issue 4.5) inside a real TRL DPOTrainer / SFTTrainer on the tiny model.
+"""LearningDynamicsCallback inside a real TRL DPOTrainer / SFTTrainer on the tiny model.
 
 The tiny byte-level tokenizer works with TRL 1.16 as is. One thing TRL needs from the caller: a
 ``ref_model`` (DPOTrainer builds its reference by re-loading ``model.config._name_or_path``, which is

@@ -1,4 +1,4 @@
-"""Untrusted files and code (issue 9.4): no pickle is ever unpickled, remote code runs only when asked,
+"""Untrusted files and code: no pickle is ever unpickled, remote code runs only when asked,
 API keys never leave the environment.
 
 Every planted payload would leave a marker file if it ran; each test also shows the payload is live

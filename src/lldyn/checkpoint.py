@@ -25,6 +25,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import safetensors.torch
 import torch
 
 from lldyn.errors import LldynError
@@ -45,13 +47,8 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
 
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    try:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state["numpy"] = (kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss)
-    except ImportError:  # pragma: no cover - numpy ships with torch installs
-        pass
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state["numpy"] = (kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss)
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -62,8 +59,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "numpy" in state:
-        import numpy as np
-
         kind, keys, pos, has_gauss, gauss_np = state["numpy"]
         np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss_np))
     if "cuda" in state and torch.cuda.is_available():
@@ -134,8 +129,6 @@ def save_checkpoint(directory: str | Path, step: int, model: Any, optimizer: Any
     A failed write (disk full, permissions) removes the partial copy, leaves the previous
     checkpoints as they were and raises :class:`LldynError` naming the checkpoint.
     """
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     final = directory / f"{PREFIX}{step:08d}"
     tmp = directory / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
@@ -146,7 +139,7 @@ def save_checkpoint(directory: str | Path, step: int, model: Any, optimizer: Any
     except OSError as err:
         raise LldynError(f"cannot write checkpoint: {err.strerror}", file=str(final)) from None
     try:
-        save_file(trainable_state(model), str(tmp / WEIGHTS), metadata={"step": str(step)})
+        safetensors.torch.save_file(trainable_state(model), str(tmp / WEIGHTS), metadata={"step": str(step)})
         if optimizer is not None:
             _torch_save(optimizer.state_dict(), tmp / OPTIMIZER)
         if scheduler is not None:
@@ -186,12 +179,10 @@ def _load(path: Path) -> Any:
 def load_checkpoint(path: str | Path, model: Any, optimizer: Any = None, scheduler: Any = None,
                     restore_rng: bool = True) -> dict[str, Any]:
     """Load weights (and optimizer / scheduler / RNG state when given) from ``path``; return ``state.json``."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not (path / STATE).is_file():
         raise LldynError("not a complete checkpoint (no state.json)", file=str(path))
-    weights = load_file(str(path / WEIGHTS))
+    weights = safetensors.torch.load_file(str(path / WEIGHTS))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     unknown = [n for n in weights if n not in params]

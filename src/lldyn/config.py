@@ -14,7 +14,7 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from lldyn.errors import LldynError
 
@@ -30,67 +30,87 @@ def _coerce(value: Any, tp: Any, field: str, file: str | None) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, field, file)
-            except LldynError as err:
-                errors.append(err)
-        raise LldynError(f"bad value {value!r}", file=file, field=field,
-                         expected=" or ".join(_type_name(a) for a in args))
+        return _coerce_union(value, args, field, file)
     if origin is typing.Literal:
         if value not in args:
             raise LldynError(f"unknown value {value!r}", file=file, field=field,
                              expected="one of " + ", ".join(repr(a) for a in args))
         return value
     if origin in (tuple, list):
-        if isinstance(value, str):
+        if isinstance(value, str):  # a flag's comma-separated list
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise LldynError(f"bad value {value!r}", file=file, field=field, expected="a list")
         inner = args[0] if args else Any
         return tuple(_coerce(v, inner, field, file) for v in value)
-    if tp is Any:
-        return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
             raise LldynError(f"bad value {value!r}", file=file, field=field, expected="a table")
         return build_config(tp, value, file=file, prefix=field + ".")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise LldynError(f"bad value {value!r}", file=file, field=field, expected="true or false")
-    if tp is int:
-        if isinstance(value, bool):
-            raise LldynError(f"bad value {value!r}", file=file, field=field, expected="an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+    scalar = _SCALARS.get(tp) if isinstance(tp, type) else None
+    if scalar is None:  # Any, and annotations this parser does not know, pass through
+        return value
+    parse, expected = scalar
+    try:
+        return parse(value)
+    except (TypeError, ValueError):
+        raise LldynError(f"bad value {value!r}", file=file, field=field, expected=expected) from None
+
+
+def _coerce_union(value: Any, args: tuple[Any, ...], field: str, file: str | None) -> Any:
+    """The first member of a union (``X | None``, ``int | str``) that takes ``value``; None when allowed."""
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
         try:
-            return int(str(value))
-        except ValueError:
-            raise LldynError(f"bad value {value!r}", file=file, field=field, expected="an integer") from None
-    if tp is float:
-        if isinstance(value, bool):
-            raise LldynError(f"bad value {value!r}", file=file, field=field, expected="a number")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise LldynError(f"bad value {value!r}", file=file, field=field, expected="a number") from None
-    if tp is str:
-        if not isinstance(value, (str, Path)):
-            raise LldynError(f"bad value {value!r}", file=file, field=field, expected="a string")
-        return str(value)
-    return value
+            return _coerce(value, arg, field, file)
+        except LldynError:
+            pass
+    raise LldynError(f"bad value {value!r}", file=file, field=field,
+                     expected=" or ".join(_type_name(a) for a in args))
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ValueError(value)
+
+
+def _parse_int(value: Any) -> int:
+    if isinstance(value, bool):  # True is an int to Python, never to a config
+        raise ValueError(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return int(str(value))
+
+
+def _parse_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    return float(value)
+
+
+def _parse_str(value: Any) -> str:
+    if not isinstance(value, (str, Path)):
+        raise TypeError(value)
+    return str(value)
+
+
+# A scalar annotation → (parser raising TypeError/ValueError on a bad value, what the error expects).
+_SCALARS: dict[Any, tuple[Callable[[Any], Any], str]] = {
+    bool: (_parse_bool, "true or false"),
+    int: (_parse_int, "an integer"),
+    float: (_parse_float, "a number"),
+    str: (_parse_str, "a string"),
+}
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

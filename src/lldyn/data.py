@@ -27,16 +27,21 @@ import logging
 import os
 from dataclasses import dataclass, field
 from importlib import resources
+from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar, Union
 
 from lldyn.errors import LldynError, Where
+
+# pyarrow and datasets are imported where they are used: only Parquet files and Hub data sets need them,
+# and both are slow to import.
 
 Message = dict[str, str]
 Prompt = Union[str, list[Message]]
 HH_ASSISTANT = "\n\nAssistant:"
 HH_HUMAN = "\n\nHuman:"
 BUILTIN = "builtin"
+ExampleT = TypeVar("ExampleT")
 log = logging.getLogger("lldyn")
 # Resource limits (docs/reliability.md): rows are streamed, but the examples lldyn keeps are held in
 # memory, so a file with more rows than this is refused unless --limit reads only its first rows.
@@ -148,62 +153,83 @@ def _read_rows(path: Path) -> Iterator[tuple[dict[str, Any], Where]]:
         return
     cap = _env_limit(MAX_JSON_BYTES_ENV, DEFAULT_MAX_JSON_BYTES)
     if name.endswith((".json", ".json.gz")):
-        def too_large(size: str) -> LldynError:
-            return LldynError(f"{size} bytes is too large to parse as one JSON document (limit "
-                              f"{MAX_JSON_BYTES_ENV}={cap})", file=str(path), field=MAX_JSON_BYTES_ENV,
-                              expected="a .jsonl file (one object per line, streamed) or a larger limit")
-        if path.stat().st_size > cap:
-            raise too_large(f"{path.stat().st_size:,}")
-        try:
-            with _open_bytes(path) as fh:
-                raw = fh.read(cap + 1)  # decompressed bytes: a small .json.gz can hold a huge document
-            if len(raw) > cap:
-                raise too_large("more than {:,} (decompressed)".format(cap))
-            data = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise LldynError(f"invalid JSON: {err.msg}", file=str(path), line=err.lineno) from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise LldynError(f"cannot read file: {err}", file=str(path)) from None
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            raise LldynError("a .json data file must hold a list of objects", file=str(path),
-                             expected="[{...}, {...}] or use .jsonl")
-        for i, row in enumerate(data):
-            where = Where(f"{path} item {i}", None)
-            if not isinstance(row, dict):
-                raise where.error(f"item is a {type(row).__name__}", expected="a JSON object")
-            yield row, where
-        return
-    if not name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+        yield from _read_json_list(path, cap)
+    elif name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+        yield from _read_jsonl(path, cap)
+    else:
         raise LldynError("unknown data file format", file=str(path),
                          expected="a .jsonl, .jsonl.gz, .json or .parquet file")
+
+
+def _read_json_list(path: Path, cap: int) -> Iterator[tuple[dict[str, Any], Where]]:
+    """The objects of a .json(.gz) file holding a list (or ``{"data": [...]}``), parsed whole: at most
+    ``cap`` bytes, decompressed."""
+    if path.stat().st_size > cap:
+        raise _too_large_for_json(path, f"{path.stat().st_size:,}", cap)
+    try:
+        with _open_bytes(path) as fh:
+            raw = fh.read(cap + 1)  # decompressed bytes: a small .json.gz can hold a huge document
+        if len(raw) > cap:
+            raise _too_large_for_json(path, "more than {:,} (decompressed)".format(cap), cap)
+        data = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise LldynError(f"invalid JSON: {err.msg}", file=str(path), line=err.lineno) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise LldynError(f"cannot read file: {err}", file=str(path)) from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise LldynError("a .json data file must hold a list of objects", file=str(path),
+                         expected="[{...}, {...}] or use .jsonl")
+    for i, row in enumerate(data):
+        where = Where(f"{path} item {i}", None)
+        if not isinstance(row, dict):
+            raise where.error(f"item is a {type(row).__name__}", expected="a JSON object")
+        yield row, where
+
+
+def _too_large_for_json(path: Path, size: str, cap: int) -> LldynError:
+    return LldynError(f"{size} bytes is too large to parse as one JSON document (limit "
+                      f"{MAX_JSON_BYTES_ENV}={cap})", file=str(path), field=MAX_JSON_BYTES_ENV,
+                      expected="a .jsonl file (one object per line, streamed) or a larger limit")
+
+
+def _read_jsonl(path: Path, cap: int) -> Iterator[tuple[dict[str, Any], Where]]:
+    """The objects of a JSON-lines file, streamed: one line is held in memory at a time, and at most
+    ``cap`` bytes of it."""
     try:
         with _open_bytes(path) as fh:
             lineno = 0
-            while raw := fh.readline(cap + 1):  # one line is held in memory at a time, and at most cap bytes of it
+            while raw := fh.readline(cap + 1):
                 lineno += 1
                 where = Where(str(path), lineno)
-                if len(raw) > cap and not raw.endswith(b"\n"):
-                    raise where.error(f"line longer than {cap:,} bytes (limit {MAX_JSON_BYTES_ENV})",
-                                      field=MAX_JSON_BYTES_ENV, expected="one JSON object per line, or a larger limit")
-                if not raw.strip():
-                    continue
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    raise where.error(f"not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1})",
-                                      expected="UTF-8 encoded JSON lines") from None
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise where.error(f"malformed JSON line: {err.msg} at column {err.colno}",
-                                      expected="one JSON object per line") from None
-                if not isinstance(row, dict):
-                    raise where.error(f"line holds a JSON {type(row).__name__}", expected="a JSON object")
-                yield row, where
+                row = _json_line(raw, where, cap)
+                if row is not None:
+                    yield row, where
     except (OSError, UnicodeDecodeError, EOFError) as err:
         raise LldynError(f"cannot read file: {err}", file=str(path)) from None
+
+
+def _json_line(raw: bytes, where: Where, cap: int) -> dict[str, Any] | None:
+    """The object on one line of a JSONL file (None for a blank line)."""
+    if len(raw) > cap and not raw.endswith(b"\n"):
+        raise where.error(f"line longer than {cap:,} bytes (limit {MAX_JSON_BYTES_ENV})",
+                          field=MAX_JSON_BYTES_ENV, expected="one JSON object per line, or a larger limit")
+    if not raw.strip():
+        return None
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise where.error(f"not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1})",
+                          expected="UTF-8 encoded JSON lines") from None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise where.error(f"malformed JSON line: {err.msg} at column {err.colno}",
+                          expected="one JSON object per line") from None
+    if not isinstance(row, dict):
+        raise where.error(f"line holds a JSON {type(row).__name__}", expected="a JSON object")
+    return row
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[dict[str, Any], Where]]:
@@ -438,29 +464,12 @@ def load_preferences(source: str, split: str = "train", limit: int | None = None
     Malformed files (bad JSON) are always an error.
     """
     _check_limit(limit)
-    rows, stem, want_split = _source_rows(str(source), split)
-    out: list[PreferenceExample] = []
-    seen: dict[str, Where] = {}
     skipped: list[LldynError] = []
-    for i, (row, where) in enumerate(rows):
-        if want_split is not None and row.get("split") != want_split:
-            continue
-        try:
-            ex = parse_preference_row(row, where, i, stem)
-        except LldynError as err:
-            # A first row without 'chosen' says the file is not preference data (SFT rows, say): that is
-            # the format, not a bad row to skip.
-            if not skip_invalid or (not out and "chosen" not in row):
-                raise
-            skipped.append(err)
-            continue
-        if ex.id in seen:
-            raise where.error(f"duplicate id {ex.id!r} (first at {seen[ex.id].file}:{seen[ex.id].line})", field="id",
-                              expected="unique ids")
-        seen[ex.id] = where
-        out.append(ex)
-        if limit is not None and len(out) >= limit:
-            break
+    # A first row without 'chosen' says the file is not preference data (SFT rows, say): that is the
+    # format, not a bad row to skip.
+    pairs = _examples(source, split, parse_preference_row, skip_invalid, skipped,
+                      not_this_format=lambda row: "chosen" not in row)
+    out = list(islice(_unique_ids(pairs), limit))
     _warn_skipped(skipped, str(source))
     if not out:
         raise LldynError("no preference pairs found (empty file?)", file=str(source),
@@ -472,21 +481,8 @@ def load_sft(source: str, split: str = "train", limit: int | None = None,
              skip_invalid: bool = False) -> list[SFTExample]:
     """Load SFT examples from ``source``; preference data gives (prompt, chosen). See :func:`load_preferences`."""
     _check_limit(limit)
-    rows, stem, want_split = _source_rows(str(source), split)
-    out: list[SFTExample] = []
     skipped: list[LldynError] = []
-    for i, (row, where) in enumerate(rows):
-        if want_split is not None and row.get("split") != want_split:
-            continue
-        try:
-            out.append(parse_sft_row(row, where, i, stem))
-        except LldynError as err:
-            if not skip_invalid:
-                raise
-            skipped.append(err)
-            continue
-        if limit is not None and len(out) >= limit:
-            break
+    out = list(islice(_examples(source, split, parse_sft_row, skip_invalid, skipped), limit))
     _warn_skipped(skipped, str(source))
     if not out:
         raise LldynError("no SFT examples found (empty file?)", file=str(source),
@@ -514,31 +510,46 @@ def load_prompts(source: str, split: str = "train", limit: int | None = None,
     :func:`parse_prompt_row`), from the sources :func:`load_preferences` reads; ids must be unique.
     ``skip_invalid`` skips (and counts) rows that cannot be read, as :func:`load_preferences` does."""
     _check_limit(limit)
-    rows, stem, want_split = _source_rows(str(source), split)
-    out: list[PromptExample] = []
-    seen: dict[str, Where] = {}
     skipped: list[LldynError] = []
-    for i, (row, where) in enumerate(rows):
-        if want_split is not None and row.get("split") != want_split:
-            continue
-        try:
-            ex = parse_prompt_row(row, where, i, stem)
-        except LldynError as err:
-            if not skip_invalid:
-                raise
-            skipped.append(err)
-            continue
-        if ex.id in seen:
-            raise where.error(f"duplicate id {ex.id!r} (first at {seen[ex.id].file}:{seen[ex.id].line})", field="id",
-                              expected="unique ids")
-        seen[ex.id] = where
-        out.append(ex)
-        if limit is not None and len(out) >= limit:
-            break
+    out = list(islice(_unique_ids(_examples(source, split, parse_prompt_row, skip_invalid, skipped)), limit))
     _warn_skipped(skipped, str(source))
     if not out:
         raise LldynError("no prompts found (empty file?)", file=str(source), expected='rows with a "prompt" field')
     return out
+
+
+def _examples(source: str, split: str, parse: Callable[[dict[str, Any], Where, int, str], ExampleT],
+              skip_invalid: bool, skipped: list[LldynError],
+              not_this_format: Callable[[dict[str, Any]], bool] = lambda row: False) -> Iterator[ExampleT]:
+    """The rows of ``source`` (of the wanted split) parsed in order, read as far as they are consumed.
+
+    A row ``parse`` refuses is an error, or with ``skip_invalid`` appended to ``skipped``, unless it is the
+    first and ``not_this_format`` says the whole source is in another format.
+    """
+    rows, stem, want_split = _source_rows(str(source), split)
+    found = False
+    for i, (row, where) in enumerate(rows):
+        if want_split is not None and row.get("split") != want_split:
+            continue
+        try:
+            example = parse(row, where, i, stem)
+        except LldynError as err:
+            if not skip_invalid or (not found and not_this_format(row)):
+                raise
+            skipped.append(err)
+            continue
+        found = True
+        yield example
+
+
+def _unique_ids(examples: Iterable[ExampleT]) -> Iterator[ExampleT]:
+    seen: dict[str, Where] = {}
+    for ex in examples:
+        if ex.id in seen:
+            raise ex.where.error(f"duplicate id {ex.id!r} (first at {seen[ex.id].file}:{seen[ex.id].line})",
+                                 field="id", expected="unique ids")
+        seen[ex.id] = ex.where
+        yield ex
 
 
 def sft_from_preferences(pairs: Sequence[PreferenceExample], include_rejected: bool = False) -> list[SFTExample]:

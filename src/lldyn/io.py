@@ -4,8 +4,10 @@ Nothing lldyn writes is ever left half-written: a crash leaves either the old fi
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -62,9 +64,7 @@ def save_figure(fig: Any, path: str | Path, **savefig: Any) -> Path:
     The one figure writer of lldyn: works for ``matplotlib.figure.Figure`` objects (an Agg canvas is
     attached) and for pyplot figures (closed afterwards). ``savefig`` keywords go to ``Figure.savefig``.
     """
-    import io
-    import sys
-
+    # matplotlib is imported here: it is slow to import, and most of lldyn writes no figure.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     if not isinstance(fig.canvas, FigureCanvasAgg):

@@ -28,7 +28,6 @@ A probe set is saved as ``probes.jsonl``, one :class:`Probe` per line::
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass, field
 from importlib import resources
@@ -38,6 +37,9 @@ from typing import Any, Iterable, Mapping, Sequence
 from lldyn.data import Prompt, PreferenceExample, max_rows, too_many_rows
 from lldyn.errors import LldynError, Where
 from lldyn.io import atomic_write_jsonl, dumps, read_jsonl_lines
+from lldyn.rephrase import RephraseRequest
+
+# tqdm is imported only when a progress bar is asked for.
 
 REPHRASE_FAMILIES = ("chosen_rephrase_semantic", "chosen_rephrase_format",
                      "rejected_rephrase_semantic", "rejected_rephrase_format")
@@ -301,6 +303,31 @@ def build_probes(train: Sequence[PreferenceExample], test: Sequence[PreferenceEx
         rephraser: a :class:`lldyn.rephrase.Rephraser` for the four rephrase families.
         seed: every random choice (other/test pairing, sentences, shuffles) derives from it.
     """
+    _check_probe_sources(train, test)
+    probe_pairs = select_probe_pairs(train, limit, select, seed)
+    sentences = list(sentences) if sentences is not None else load_sentences()
+    # The four rephrases of every probe pair, in one batch (a model rephraser batches its calls).
+    requests = [RephraseRequest(p, part, mode) for p in probe_pairs for part, mode in REPHRASE_REQUESTS]
+    rephrased = rephraser.rephrase(requests, progress=progress)
+    rng = random.Random(seed)
+    indices: Iterable[int] = range(len(probe_pairs))
+    if progress:
+        from tqdm.auto import tqdm
+
+        indices = tqdm(indices, desc="building probes", unit="prompt")
+    probes: list[Probe] = []
+    for i in indices:
+        rephrases = rephrased[len(REPHRASE_FAMILIES) * i:len(REPHRASE_FAMILIES) * (i + 1)]
+        probes += _pair_probes(probe_pairs[i], rephrases, train, test, sentences, rng, seed)
+    return ProbeSet(tuple(probes), {"seed": seed, "rephraser": getattr(rephraser, "name", "?"), "select": select})
+
+
+# The (part, mode) of each rephrase request, in the order of REPHRASE_FAMILIES.
+REPHRASE_REQUESTS = (("chosen", "semantic"), ("chosen", "format"), ("rejected", "semantic"), ("rejected", "format"))
+
+
+def _check_probe_sources(train: Sequence[PreferenceExample], test: Sequence[PreferenceExample]) -> None:
+    """Refuse data that cannot fill the test_chosen and other_chosen families."""
     if not test:
         raise LldynError("no held-out pairs for the test_chosen family", field="test-data",
                          expected="--test-data, a data set with a test split, or more pairs")
@@ -309,48 +336,33 @@ def build_probes(train: Sequence[PreferenceExample], test: Sequence[PreferenceEx
     if clash:
         raise LldynError(f"held-out pair {clash[0]!r} is also a training pair", field="test-data",
                          expected="held-out pairs distinct from the training data")
-    chosen_texts = {p.chosen.strip() for p in train}
-    if len(chosen_texts) < 2:
+    if len({p.chosen.strip() for p in train}) < 2:
         raise LldynError("other_chosen needs at least two training pairs with different chosen answers",
                          field="data", expected="more training pairs")
-    probe_pairs = select_probe_pairs(train, limit, select, seed)
-    sentences = list(sentences) if sentences is not None else load_sentences()
-    rng = random.Random(seed)
 
-    # The four rephrases of every probe pair, in one batch (a model rephraser batches its calls).
-    from lldyn.rephrase import RephraseRequest
 
-    requests = [RephraseRequest(p, part, mode) for p in probe_pairs
-                for part, mode in (("chosen", "semantic"), ("chosen", "format"),
-                                   ("rejected", "semantic"), ("rejected", "format"))]
-    rephrased = rephraser.rephrase(requests, progress=progress)
-
-    iterator: Iterable[int] = range(len(probe_pairs))
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, desc="building probes", unit="prompt")
-    probes: list[Probe] = []
-    for i in iterator:
-        pair = probe_pairs[i]
-        x, pid = pair.prompt, pair.id
-        probes.append(Probe(pid, "chosen", x, pair.chosen, (pid,), "data"))
-        probes.append(Probe(pid, "rejected", x, pair.rejected, (pid,), "data"))
-        for j, family in enumerate(REPHRASE_FAMILIES):
-            text, method = rephrased[4 * i + j]
-            probes.append(Probe(pid, family, x, text, (pid,), method))
-        others = [q for q in train if q.id != pid and q.chosen.strip() != pair.chosen.strip()]
-        other = others[rng.randrange(len(others))]
-        probes.append(Probe(pid, "other_chosen", x, other.chosen, (other.id,), f"other_chosen(seed={seed})"))
-        held = test[rng.randrange(len(test))]
-        probes.append(Probe(pid, "test_chosen", x, held.chosen, (held.id,), f"held_out(seed={seed})"))
-        sentence = _closest_length(sentences, pair.chosen, rng)
-        probes.append(Probe(pid, "random_sentence", x, sentence, ("sentences",), "closest_length"))
-        probes.append(Probe(pid, "chosen_shuffled", x, shuffle_words(pair.chosen, rng), (pid,),
-                            f"word_shuffle(seed={seed})"))
-        probes.append(Probe(pid, "test_shuffled", x, shuffle_words(held.chosen, rng), (held.id,),
-                            f"word_shuffle(seed={seed})"))
-    return ProbeSet(tuple(probes), {"seed": seed, "rephraser": getattr(rephraser, "name", "?"), "select": select})
+def _pair_probes(pair: PreferenceExample, rephrases: Sequence[tuple[str, str]], train: Sequence[PreferenceExample],
+                 test: Sequence[PreferenceExample], sentences: Sequence[str], rng: random.Random,
+                 seed: int) -> list[Probe]:
+    """The static families of one probe pair; ``rephrases`` are its (text, method) in REPHRASE_FAMILIES order.
+    Draws from ``rng`` in a fixed order: the other pair, the held-out pair, the sentence, the two shuffles."""
+    x, pid = pair.prompt, pair.id
+    probes = [Probe(pid, "chosen", x, pair.chosen, (pid,), "data"),
+              Probe(pid, "rejected", x, pair.rejected, (pid,), "data")]
+    probes += [Probe(pid, family, x, text, (pid,), method)
+               for family, (text, method) in zip(REPHRASE_FAMILIES, rephrases, strict=True)]
+    others = [q for q in train if q.id != pid and q.chosen.strip() != pair.chosen.strip()]
+    other = others[rng.randrange(len(others))]
+    probes.append(Probe(pid, "other_chosen", x, other.chosen, (other.id,), f"other_chosen(seed={seed})"))
+    held = test[rng.randrange(len(test))]
+    probes.append(Probe(pid, "test_chosen", x, held.chosen, (held.id,), f"held_out(seed={seed})"))
+    sentence = _closest_length(sentences, pair.chosen, rng)
+    probes.append(Probe(pid, "random_sentence", x, sentence, ("sentences",), "closest_length"))
+    probes.append(Probe(pid, "chosen_shuffled", x, shuffle_words(pair.chosen, rng), (pid,),
+                        f"word_shuffle(seed={seed})"))
+    probes.append(Probe(pid, "test_shuffled", x, shuffle_words(held.chosen, rng), (held.id,),
+                        f"word_shuffle(seed={seed})"))
+    return probes
 
 
 def probe_set_summary(probes: ProbeSet) -> str:
@@ -359,7 +371,3 @@ def probe_set_summary(probes: ProbeSet) -> str:
         counts[p.family] = counts.get(p.family, 0) + 1
     return f"{len(probes.prompt_ids)} prompts, {len(probes)} probes (" + ", ".join(
         f"{f} {counts[f]}" for f in probes.families) + ")"
-
-
-def _json_key(prompt: Prompt) -> str:
-    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)

@@ -29,6 +29,10 @@ from typing import Any, NamedTuple, Sequence
 from lldyn.data import PreferenceExample
 from lldyn.endpoint import ChatEndpoint, public_url
 from lldyn.errors import LldynError
+from lldyn.models import EMBEDDED_ALIAS, ModelConfig, load_model
+
+# The generation engine (torch) is imported inside HFRephraser.rephrase, tqdm only for a progress bar: the
+# rule and endpoint rephrasers, and the probe files that import this module, work without loading torch.
 
 INSTRUCTIONS = {
     "semantic": "Rewrite the following response. Use different words as much as possible while keeping the "
@@ -179,8 +183,6 @@ class HFRephraser:
     """A local chat model rewrites each response, greedy, with the paper's instructions."""
 
     def __init__(self, model_name: str, max_new_tokens: int = 96, batch_size: int = 8) -> None:
-        from lldyn.models import EMBEDDED_ALIAS
-
         self.model_name = model_name or EMBEDDED_ALIAS
         self.name = f"hf:{self.model_name}"
         self.max_new_tokens = max_new_tokens
@@ -188,7 +190,6 @@ class HFRephraser:
 
     def rephrase(self, requests: Sequence[RephraseRequest], progress: bool = False) -> list[tuple[str, str]]:
         from lldyn.generation import GenerationConfig, generate
-        from lldyn.models import ModelConfig, load_model
 
         lm = load_model(ModelConfig(name=self.model_name))
         prompts = [instruction_message(r.text, r.mode) for r in requests]

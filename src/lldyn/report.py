@@ -22,11 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from lldyn.decompose.plots import plot_decomposition
 from lldyn.errors import LldynError
 from lldyn.io import atomic_write_text, read_jsonl, save_figure
 from lldyn.probes import FAMILIES
 from lldyn.rundir import FIGURES, PROBE_TABLE, REPORT, RunDir, TrackSummary
 from lldyn.squeeze import squeeze_intervals
+
+# matplotlib is imported inside the drawing functions: it is slow to import and only figures need it.
 
 LOGP_FIGURE = "probe_logp.png"
 DELTA_FIGURE = "probe_delta.png"
@@ -140,16 +143,14 @@ def _save(fig: Any, path: str | Path) -> Path:
 
 def plot_families(runs: Sequence[RunData], path: str | Path, delta: bool = False) -> Path:
     """One panel per family: mean (line) and inter-quartile band over steps, one colour per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     families = _families(runs)
     ncols = min(4, len(families))
     nrows = math.ceil(len(families) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows), squeeze=False, sharex=True)
+    fig = Figure(figsize=(3.4 * ncols, 2.6 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True)
     curves = [family_curves(run.table, delta) for run in runs]
     for ax, fam in zip(axes.flat, families):
         _shade_squeeze(ax, runs)
@@ -183,17 +184,15 @@ def plot_families(runs: Sequence[RunData], path: str | Path, delta: bool = False
 
 def plot_signals(runs: Sequence[RunData], path: str | Path) -> Path | None:
     """Squeeze signals over steps from ``metrics.jsonl`` (None when no run has them)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     names = [("top1_chosen", "mean top-1 prob along y+"), ("top1_rejected", "mean top-1 prob along y−"),
              ("entropy_chosen", "entropy along y+ (nats)"), ("entropy_rejected", "entropy along y− (nats)")]
     if not any(run.summaries for run in runs):
         return None
-    fig, axes = plt.subplots(1, 4, figsize=(13, 2.8))
+    fig = Figure(figsize=(13, 2.8))
+    axes = fig.subplots(1, 4)
     for ax, (key, title) in zip(axes, names):
         _shade_squeeze(ax, runs)
         for i, run in enumerate(runs):
@@ -214,10 +213,7 @@ def plot_squeeze(runs: Sequence[RunData], path: str | Path) -> Path | None:
     """The squeezing effect at a glance (paper Fig. 4): change since step 0 of log π(y+), log π(y−)
     and log π(y*), and the top-1 probability along y+, with the alarm's intervals hatched.
     None when no run tracked all three families."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     wanted = ("chosen", "rejected", "argmax")
@@ -225,7 +221,8 @@ def plot_squeeze(runs: Sequence[RunData], path: str | Path) -> Path | None:
     if not any(all(f in c for f in wanted) for c in curves):
         return None
     titles = {"chosen": "Δ log π(y+)", "rejected": "Δ log π(y−)", "argmax": "Δ log π(y*)"}
-    fig, axes = plt.subplots(1, 4, figsize=(13, 2.9))
+    fig = Figure(figsize=(13, 2.9))
+    axes = fig.subplots(1, 4)
     for ax, fam in zip(axes, wanted):
         _shade_squeeze(ax, runs)
         for i, (run, c) in enumerate(zip(runs, curves)):
@@ -261,13 +258,11 @@ def plot_held_out(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Per run, the change of log π(y+), log π(y−) and log π(y*) of held-out prompts over a DPO phase:
     mean (bar) and inter-quartile range (whiskers). ``rows``: ``{"run", "kind", "change"}`` (as written by
     ``lldyn reproduce``: :func:`lldyn.commands.reproduce.held_out_dpo_changes`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     runs = list(dict.fromkeys(r["run"] for r in rows))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.7 * len(HELD_OUT_KINDS), 2.9))
+    fig = Figure(figsize=(1.6 + 1.7 * len(HELD_OUT_KINDS), 2.9))
+    ax = fig.subplots()
     width = 0.8 / max(1, len(runs))
     for i, run in enumerate(runs):
         for k, (kind, _) in enumerate(HELD_OUT_KINDS):
@@ -427,8 +422,6 @@ def write_report(runs: Sequence[str | Path], out: str | Path | None = None,
 
 def decomposition_sections(runs: Sequence[RunData], figures: Path) -> list[tuple[str, str]]:
     """For each decomposed run: predicted vs actual and the +/− split, drawn into the report's own figures."""
-    from lldyn.decompose.plots import plot_decomposition
-
     sections = []
     for i, d in enumerate(runs):
         drawn = plot_decomposition(d.run.decompose_rows(), figures, prefix=f"decompose-{i}")

@@ -26,6 +26,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lldyn.errors import LldynError
+from lldyn.generation import GenerationConfig, generate
+from lldyn.scoring import ScoreConfig, encode_prompt
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -107,9 +109,6 @@ class ChatServer(ThreadingHTTPServer):
 
     def complete(self, messages: list[dict[str, str]], max_tokens: int) -> tuple[str, int, int]:
         """Greedy reply to ``messages`` → (text, prompt_tokens, completion_tokens)."""
-        from lldyn.generation import GenerationConfig, generate
-        from lldyn.scoring import ScoreConfig, encode_prompt
-
         model, tokenizer = self.lm.model, self.lm.tokenizer
         positions = getattr(model.config, "max_position_embeddings", None) or 4096
         room = positions - max_tokens

@@ -9,7 +9,7 @@ Sec. 4.2).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 from lldyn.rundir import RunDir, TrackSummary
 
@@ -94,3 +94,13 @@ def describe(change: PhaseChange, families: tuple[str, ...] = HEADLINE) -> str:
     parts = [f"{f} {change.delta[f]:+.2f}" for f in families if f in change.delta]
     return (f"{change.phase.upper()} (steps {change.start}→{change.end}): " + ", ".join(parts)
             + f" nats; top-1 prob {change.top1_delta:+.3f} — {verdict(change)}")
+
+
+WHAT_MOVED = "What moved (mean over probe prompts, log π in nats):"
+
+
+def what_moved(run_dirs: Iterable[str | Path], tagged: bool = False) -> list[str]:
+    """:func:`describe` of every phase of each run in turn, after the run's folder name in brackets when
+    ``tagged`` (for several runs whose phases share names)."""
+    return [(f"[{Path(run_dir).name}] " if tagged else "") + describe(change)
+            for run_dir in run_dirs for change in phase_changes(run_dir)]

@@ -4,7 +4,7 @@ Nothing in lldyn itself calls these: :mod:`lldyn.scoring` is the one log-prob en
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -20,7 +20,3 @@ def naive_logp(model: Any, pair: EncodedPair) -> tuple[float, float]:
     rows = logp[n - 1:n - 1 + len(pair.response_ids)]
     target = torch.tensor(pair.response_ids)
     return float(rows.gather(-1, target[:, None]).sum()), float(rows.max(-1).values.sum())
-
-
-def naive_logps(model: Any, pairs: Sequence[EncodedPair]) -> list[tuple[float, float]]:
-    return [naive_logp(model, p) for p in pairs]

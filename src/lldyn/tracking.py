@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from lldyn import __version__
 from lldyn.distributed import Processes
 from lldyn.errors import LldynError
 from lldyn.generation import GenerationConfig, generate
@@ -115,9 +116,7 @@ class Tracker:
         if self.processes.is_main:
             # a directory handed over as a bare path still describes itself (lldyn train and the TRL callback
             # write their own, fuller config.json first)
-            import lldyn
-
-            self.run.describe({"kind": "tracker", "lldyn_version": lldyn.__version__, "every": self.every,
+            self.run.describe({"kind": "tracker", "lldyn_version": __version__, "every": self.every,
                                "initial_sample": self.want_initial_sample, "probes_sha256": static.fingerprint(),
                                "score": dataclasses.asdict(self.score_config)})
         samples = self.run.initial_samples()

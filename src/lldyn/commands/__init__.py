@@ -1,4 +1,11 @@
 """One module per ``lldyn`` subcommand; each defines ``register(subparsers)``. See :mod:`lldyn.cli`."""
+from pathlib import Path
+
+from lldyn.config import build_config
+from lldyn.errors import LldynError
+
+# Every command module imports this one while ``lldyn --help`` builds its parser, so the engine (torch) is
+# imported inside the function that needs it, as the commands do (see lldyn.cli).
 
 
 def add_trust_remote_code(parser) -> None:
@@ -28,10 +35,6 @@ def add_scoring_args(parser, what: str) -> None:
 
 def scoring_inputs(args):
     """The output path and the engine's ScoreConfig of :func:`add_scoring_args` flags (checked first)."""
-    from pathlib import Path
-
-    from lldyn.config import build_config
-    from lldyn.errors import LldynError
     from lldyn.scoring import ScoreConfig
 
     out = Path(args.out)

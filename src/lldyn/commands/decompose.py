@@ -29,13 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lldyn.experiments.decompose_run import decompose_run
-    from lldyn.summary import describe, phase_changes
+    from lldyn.summary import what_moved
 
     done = decompose_run(args.run_dir, args.every, args.steps, args.out, args.force, args.trust_remote_code)
     print(f"decomposed {done.steps} steps (the replay followed the run: largest loss difference {done.gap:.1e}) "
           f"→ {done.run.decompose_path}")
     for figure in done.figures:
         print(f"  figure {figure}")
-    for change in phase_changes(done.run.path):
-        print("  " + describe(change))
+    for line in what_moved([done.run.path]):
+        print("  " + line)
     return 0

@@ -17,13 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lldyn.experiments.demo import load_demo, run_demo
-    from lldyn.summary import describe, phase_changes
+    from lldyn.summary import WHAT_MOVED, what_moved
 
     demo = load_demo(args.out, args.config, args.model, args.quick)  # both runs' configs checked before writing
     report = run_demo(demo)
-    print("\nWhat moved (mean over probe prompts, log π in nats):")
-    for cfg in (demo.sft, demo.dpo):
-        for change in phase_changes(cfg.out):
-            print("  " + describe(change))
+    print("\n" + WHAT_MOVED)
+    for line in what_moved([demo.sft.out, demo.dpo.out]):
+        print("  " + line)
     print(f"\nreport: {report}")
     return 0

@@ -1,4 +1,4 @@
-"""``lldyn judge``: the judged win rate of model/run A against B on held-out prompts (issue 8.2)."""
+"""``lldyn judge``: the judged win rate of model/run A against B on held-out prompts (as the paper judges *extend*)."""
 from __future__ import annotations
 
 import argparse

@@ -25,14 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lldyn.experiments.reproduce import describe_held_out, load_experiment, run_reproduce
-    from lldyn.summary import describe, phase_changes
+    from lldyn.summary import WHAT_MOVED, what_moved
 
     experiment = load_experiment(args.experiment, args.out, args.config, args.model, args.data, args.quick)
     result = run_reproduce(experiment)
-    print("\nWhat moved (mean over probe prompts, log π in nats):")
-    for cfg in experiment.runs:
-        for change in phase_changes(cfg.out):
-            print(f"  [{Path(cfg.out).name}] " + describe(change))
+    print("\n" + WHAT_MOVED)
+    for line in what_moved([cfg.out for cfg in experiment.runs], tagged=True):
+        print("  " + line)
     if result.held_out:
         print("\nThe held-out prompts (never trained on), over the DPO phase (mean change of log π, nats):")
         for cfg in experiment.runs:

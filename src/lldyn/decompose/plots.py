@@ -9,9 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lldyn.decompose.classifier import pearson
 from lldyn.decompose.llm import PARTS, TokenKernel
 from lldyn.io import save_figure
+
+# matplotlib is imported inside the drawing functions: it is slow to import and only figures need it.
 
 __all__ = ["plot_decomposition", "plot_token_kernel"]
 
@@ -31,7 +35,6 @@ def _families(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _scatter(rows: list[dict[str, Any]], path: Path) -> Path:
-    import torch
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.5, 5))

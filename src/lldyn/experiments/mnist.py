@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import gzip
-import io
 import math
 import struct
 import time
@@ -35,8 +34,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lldyn.config import check, config_to_dict
+from lldyn.decompose.classifier import compare, decompose, logit_jacobian, one_step_change, pearson
 from lldyn.errors import LldynError
+from lldyn.io import save_figure
 from lldyn.rundir import RunDir, TrainRow
+
+# matplotlib (the figures) and scikit-learn (the offline stand-in digits) are imported where they are used:
+# both are slow to import and the data readers and the analysis need neither.
 
 N_CLASSES = 10
 IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions (N, rows, cols)
@@ -330,8 +334,6 @@ def analyse_checkpoint(model: nn.Module, epoch: int, probe_x: torch.Tensor, prob
 
     Runs on a float64 copy of ``model`` (the first-order check needs the headroom); ``model`` is untouched.
     """
-    from lldyn.decompose import compare, decompose, logit_jacobian, one_step_change
-
     start = time.perf_counter()
     model64 = copy.deepcopy(model).double().eval()
     xo, xu = probe_x.double(), update_x.double()
@@ -366,7 +368,6 @@ class MnistResult(NamedTuple):
 
 def run_mnist(config: MnistConfig, out: str | Path, log: Callable[[str], None] = print) -> MnistResult:
     """Train the LeNet, analyse the checkpoints, write results.json and figures into ``out``."""
-
     t_start = time.perf_counter()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -381,22 +382,74 @@ def run_mnist(config: MnistConfig, out: str | Path, log: Callable[[str], None] =
 
     torch.manual_seed(config.seed)
     model = LeNet()
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     gen = torch.Generator().manual_seed(config.seed + 1)
-    probe_idx = per_class_sample(split.test_y, config.probes_per_class, gen)
-    update_idx = per_class_sample(split.train_y, config.updates_per_class, gen)
-    probe_x, probe_y = split.test_x[probe_idx], split.test_y[probe_idx]
-    update_x, update_y = split.train_x[update_idx], split.train_y[update_idx]
+    watched = pick_watched(split, config, gen)
+    training = train_and_analyse(model, split, watched, resolved, run, gen, log)
+    analyses, last = training.analyses, training.analyses[-1]
+    figures = write_figures(analyses, watched, run.path / "figures")
+    all_act = torch.cat([a.actual.flatten() for a in analyses])
+    results = {
+        "dataset": {"source": digits.source, "is_mnist": digits.is_mnist, "notes": notes,
+                    "n_train": int(split.train_y.shape[0]), "n_test": int(split.test_y.shape[0]),
+                    "n_probes": int(watched.probe_y.shape[0]), "n_updates": int(watched.update_y.shape[0])},
+        "settings": config_to_dict(resolved),
+        "matrix": _rows(last.matrix),
+        "matrix_meaning": "matrix[a][b] = mean delta log pi(y=b | x_o of class a) after one SGD step "
+                          f"(lr {config.probe_lr}) on one training example of class b; last checkpoint",
+        "pearson": pearson(torch.cat([a.predicted.flatten() for a in analyses]), all_act),
+        "median_relative_error": float(np.median([a.median_relative_error for a in analyses])),
+        "checkpoints": [_checkpoint_summary(a, training.history) for a in analyses],
+        "pairs": _pair_summaries(last, watched.probe_y, watched.update_y),
+        "history": training.history,
+        "figures": {k: str(v.relative_to(run.path)) for k, v in figures.items()},
+        "timing_s": {"total": time.perf_counter() - t_start, "training": training.seconds,
+                     "analysis": sum(a.seconds for a in analyses)},
+    }
+    run.write_json("results.json", results)
+    log(f"pearson(predicted, actual) = {results['pearson']:.4f} over {all_act.numel()} changes; "
+        f"wrote {run.path / 'results.json'} and {len(figures)} figures in {results['timing_s']['total']:.0f}s")
+    return MnistResult(run.path, results, figures)
 
-    analyses: list[CheckpointAnalysis] = []
-    history = []
+
+class Watched(NamedTuple):
+    """The digits of the one-step analysis: probes x_o (held out, (N_o, 1, 28, 28) and (N_o,)) and the
+    training examples x_u each given one update ((N_u, 1, 28, 28) and (N_u,))."""
+
+    probe_x: torch.Tensor
+    probe_y: torch.Tensor
+    update_x: torch.Tensor
+    update_y: torch.Tensor
+
+
+def pick_watched(split: Split, config: MnistConfig, generator: torch.Generator) -> Watched:
+    """``probes_per_class`` held-out digits and ``updates_per_class`` training digits of every class."""
+    probe_idx = per_class_sample(split.test_y, config.probes_per_class, generator)
+    update_idx = per_class_sample(split.train_y, config.updates_per_class, generator)
+    return Watched(split.test_x[probe_idx], split.test_y[probe_idx],
+                   split.train_x[update_idx], split.train_y[update_idx])
+
+
+class Training(NamedTuple):
+    """What :func:`train_and_analyse` did: one metrics row per epoch (epoch 0 is before training), the
+    analysis of every checkpoint, and the seconds spent training."""
+
+    history: list[dict[str, Any]]
+    analyses: list[CheckpointAnalysis]
+    seconds: float
+
+
+def train_and_analyse(model: nn.Module, split: Split, watched: Watched, config: MnistConfig, run: RunDir,
+                      generator: torch.Generator, log: Callable[[str], None]) -> Training:
+    """Minibatch SGD with momentum for ``config.epochs`` epochs, a :class:`TrainRow` per epoch into the run,
+    and :func:`analyse_checkpoint` after each epoch of ``config.checkpoints``."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     steps_per_epoch = math.ceil(split.train_y.shape[0] / config.batch_size)
-    t_train = 0.0
+    history, analyses, seconds = [], [], 0.0
     for epoch in range(config.epochs + 1):
         if epoch > 0:
             t0 = time.perf_counter()
-            train_loss = train_epoch(model, optimizer, split.train_x, split.train_y, config.batch_size, gen)
-            t_train += time.perf_counter() - t0
+            train_loss = train_epoch(model, optimizer, split.train_x, split.train_y, config.batch_size, generator)
+            seconds += time.perf_counter() - t0
         else:
             train_loss = evaluate(model, split.train_x, split.train_y)[0]
         test_loss, test_acc = evaluate(model, split.test_x, split.test_y)
@@ -405,51 +458,29 @@ def run_mnist(config: MnistConfig, out: str | Path, log: Callable[[str], None] =
         run.log(row)
         history.append(row.to_json())
         msg = f"epoch {epoch:3d}  train loss {train_loss:.4f}  test loss {test_loss:.4f}  test acc {test_acc:.3f}"
-        if epoch in resolved.checkpoints:
-            a = analyse_checkpoint(model, epoch, probe_x, probe_y, update_x, update_y, config.probe_lr)
+        if epoch in config.checkpoints:
+            a = analyse_checkpoint(model, epoch, *watched, config.probe_lr)
             analyses.append(a)
             msg += f"  | one-step analysis: pearson {a.pearson:.4f} ({a.seconds:.1f}s)"
         log(msg)
+    return Training(history, analyses, seconds)
 
-    last = analyses[-1]
-    all_pred = torch.cat([a.predicted.flatten() for a in analyses])
-    all_act = torch.cat([a.actual.flatten() for a in analyses])
-    from lldyn.decompose import pearson
 
-    figures = {
-        "heatmap": write_heatmap(analyses, run.path / "figures" / "mnist-heatmap.png"),
-        "scatter": write_scatter(analyses, run.path / "figures" / "mnist-scatter.png"),
-        "pairs": write_pairs(last, probe_x, probe_y, update_x, update_y, run.path / "figures" / "mnist-pairs.png"),
+def write_figures(analyses: list[CheckpointAnalysis], watched: Watched, folder: Path) -> dict[str, Path]:
+    return {
+        "heatmap": write_heatmap(analyses, folder / "mnist-heatmap.png"),
+        "scatter": write_scatter(analyses, folder / "mnist-scatter.png"),
+        "pairs": write_pairs(analyses[-1], *watched, folder / "mnist-pairs.png"),
     }
-    results = {
-        "dataset": {"source": digits.source, "is_mnist": digits.is_mnist, "notes": notes,
-                    "n_train": int(split.train_y.shape[0]), "n_test": int(split.test_y.shape[0]),
-                    "n_probes": int(probe_y.shape[0]), "n_updates": int(update_y.shape[0])},
-        "settings": config_to_dict(resolved),
-        "matrix": _rows(last.matrix),
-        "matrix_meaning": "matrix[a][b] = mean delta log pi(y=b | x_o of class a) after one SGD step "
-                          f"(lr {config.probe_lr}) on one training example of class b; last checkpoint",
-        "pearson": pearson(all_pred, all_act),
-        "median_relative_error": float(np.median([a.median_relative_error for a in analyses])),
-        "checkpoints": [
-            {"epoch": a.epoch, "test_accuracy": history[a.epoch]["test_accuracy"],
-             "pearson": a.pearson, "median_relative_error": a.median_relative_error,
-             "matrix": _rows(a.matrix), "matrix_predicted": _rows(a.matrix_predicted),
-             "own_class_matrix": _rows(a.own_class_matrix), "ntk_similarity": _rows(a.ntk_similarity),
-             "largest_abs_error": float((a.predicted - a.actual).abs().max()),
-             "seconds": a.seconds}
-            for a in analyses
-        ],
-        "pairs": _pair_summaries(last, probe_y, update_y),
-        "history": history,
-        "figures": {k: str(v.relative_to(run.path)) for k, v in figures.items()},
-        "timing_s": {"total": time.perf_counter() - t_start, "training": t_train,
-                     "analysis": sum(a.seconds for a in analyses)},
-    }
-    run.write_json("results.json", results)
-    log(f"pearson(predicted, actual) = {results['pearson']:.4f} over {all_act.numel()} changes; "
-        f"wrote {run.path / 'results.json'} and {len(figures)} figures in {results['timing_s']['total']:.0f}s")
-    return MnistResult(run.path, results, figures)
+
+
+def _checkpoint_summary(a: CheckpointAnalysis, history: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"epoch": a.epoch, "test_accuracy": history[a.epoch]["test_accuracy"],
+            "pearson": a.pearson, "median_relative_error": a.median_relative_error,
+            "matrix": _rows(a.matrix), "matrix_predicted": _rows(a.matrix_predicted),
+            "own_class_matrix": _rows(a.own_class_matrix), "ntk_similarity": _rows(a.ntk_similarity),
+            "largest_abs_error": float((a.predicted - a.actual).abs().max()),
+            "seconds": a.seconds}
 
 
 def _rows(matrix: torch.Tensor) -> list[list[float | None]]:
@@ -474,24 +505,7 @@ def _pair_summaries(a: CheckpointAnalysis, probe_y: torch.Tensor, update_y: torc
 
 # --------------------------------------------------------------------------------------- figures
 def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    from lldyn.io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return save_figure(fig, path, dpi=90, bbox_inches="tight")
 
 
 def _diverging(ax: Any, matrix: np.ndarray, title: str) -> Any:
@@ -503,9 +517,11 @@ def _diverging(ax: Any, matrix: np.ndarray, title: str) -> Any:
 
 def write_heatmap(analyses: list[CheckpointAnalysis], path: Path) -> Path:
     """Per checkpoint: actual (top) and A·K·G-predicted (bottom) 10×10 class matrices."""
-    plt = _pyplot()
+    from matplotlib.figure import Figure
+
     n = len(analyses)
-    fig, axes = plt.subplots(3, n, figsize=(4.2 * n, 11), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(4.2 * n, 11), layout="constrained")
+    axes = fig.subplots(3, n, squeeze=False)
     for j, a in enumerate(analyses):
         rows = ((a.matrix, "actual Δ log π(y=b)"), (a.matrix_predicted, "predicted −ηAKG"),
                 (a.ntk_similarity, "eNTK cosine of x_o, x_u"))
@@ -528,8 +544,10 @@ def write_heatmap(analyses: list[CheckpointAnalysis], path: Path) -> Path:
 
 def write_scatter(analyses: list[CheckpointAnalysis], path: Path) -> Path:
     """Predicted −ηAKG vs actual Δ log π for every (probe, update, class), one colour per checkpoint."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5), layout="constrained")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 5), layout="constrained")
+    ax = fig.subplots()
     lo, hi = math.inf, -math.inf
     for a in analyses:
         x, y = a.actual.flatten().numpy(), a.predicted.flatten().numpy()
@@ -545,10 +563,11 @@ def write_scatter(analyses: list[CheckpointAnalysis], path: Path) -> Path:
 def write_pairs(a: CheckpointAnalysis, probe_x: torch.Tensor, probe_y: torch.Tensor, update_x: torch.Tensor,
                 update_y: torch.Tensor, path: Path) -> Path:
     """One row per chosen (x_o, x_u): the two images, A(x_o), K(x_o, x_u), G(x_u), predicted vs actual."""
-    plt = _pyplot()
+    from matplotlib.figure import Figure
+
     pairs = _pair_indices(probe_y, update_y) or [(0, 0)]
-    fig, axes = plt.subplots(len(pairs), 6, figsize=(19, 3.1 * len(pairs)), squeeze=False,
-                             layout="constrained")
+    fig = Figure(figsize=(19, 3.1 * len(pairs)), layout="constrained")
+    axes = fig.subplots(len(pairs), 6, squeeze=False)
     classes = np.arange(N_CLASSES)
     for row, (o, u) in zip(axes, pairs):
         row[0].imshow(probe_x[o, 0].numpy(), cmap="gray_r")

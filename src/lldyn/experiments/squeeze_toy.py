@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -25,6 +25,8 @@ from lldyn.config import check
 from lldyn.decompose.classifier import adaptation_matrix as _adaptation_matrices
 from lldyn.io import atomic_write_json, save_figure
 from lldyn.losses import residual_from_probs
+
+# matplotlib is imported inside the drawing functions: it is slow to import, and compute_toy needs no figures.
 
 # Multinomial logistic regression z = W x with W: (V, d), x: (d,), π = softmax(z) — the paper's
 # App. C illustration. Here the paper's step-wise decomposition is exact in z: a step W ← W − η G xᵀ
@@ -275,23 +277,11 @@ def toy_step(
     if pos_label is None and neg_label is None:
         raise ValueError("toy_step needs a positive or a negative label")
     x_pos = x if x_pos is None else x_pos
-    shared = x_pos is x or torch.equal(x_pos, x)
     W_t = W.clone()
     first_residual: torch.Tensor | None = None
     trajectory = [softmax_probs(W, x)]
     for _ in range(steps):
-        pi = softmax_probs(W_t, x)
-        grad = torch.zeros_like(W_t)
-        residual_x = torch.zeros_like(pi)
-        if neg_label is not None:
-            residual_x = residual_x + negative_residual(pi, neg_label)
-        if pos_label is not None:
-            g_pos = positive_residual(softmax_probs(W_t, x_pos), pos_label)
-            if shared:
-                residual_x = residual_x + g_pos
-            else:
-                grad += torch.outer(g_pos, x_pos)
-        grad += torch.outer(residual_x, x)
+        grad, residual_x = toy_gradient(W_t, x, x_pos, pos_label, neg_label)
         if first_residual is None:
             first_residual = residual_x
         W_t = W_t - lr * grad
@@ -304,6 +294,28 @@ def toy_step(
         trajectory=torch.stack(trajectory),
         pos_label=pos_label, neg_label=neg_label,
     )
+
+
+def toy_gradient(W: torch.Tensor, x: torch.Tensor, x_pos: torch.Tensor, pos_label: int | None,
+                 neg_label: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂L/∂W (V, d) of one :func:`toy_step` update, and the residual G (V,) that acts at x.
+
+    The negative term acts at x, the positive one at x_pos; when x_pos is x the positive residual joins
+    G at x, where the π terms of the two cancel.
+    """
+    pi = softmax_probs(W, x)
+    grad = torch.zeros_like(W)
+    residual_x = torch.zeros_like(pi)
+    if neg_label is not None:
+        residual_x = residual_x + negative_residual(pi, neg_label)
+    if pos_label is not None:
+        g_pos = positive_residual(softmax_probs(W, x_pos), pos_label)
+        if x_pos is x or torch.equal(x_pos, x):
+            residual_x = residual_x + g_pos
+        else:
+            grad += torch.outer(g_pos, x_pos)
+    grad += torch.outer(residual_x, x)
+    return grad, residual_x
 
 
 def squeeze_metrics(pi_before: torch.Tensor, pi_after: torch.Tensor, neg_label: int,
@@ -371,13 +383,8 @@ def sweep_neg_prob(W: torch.Tensor, x: torch.Tensor, neg_label: int, probs: Sequ
     Only y−'s logit moves between points, so the other labels keep the same relative shape and the
     same bystanders: a controlled test of "the smaller π(y−), the stronger the squeeze" (App. C).
     """
-    points = []
-    for prob in probs:
-        Wp = set_label_prob(W, x, neg_label, prob)
-        res = toy_step(Wp, x, neg_label=neg_label, lr=lr, steps=steps)
-        points.append(SweepPoint(float(prob), float(res.pi_before[neg_label]), float(res.pi_before.max()),
-                                 squeeze_metrics(res.pi_before, res.pi_after, neg_label)))
-    return tuple(points)
+    return tuple(_sweep_point(prob, set_label_prob(W, x, neg_label, prob), x, neg_label, lr, steps)
+                 for prob in probs)
 
 
 def sweep_peakiness(W: torch.Tensor, x: torch.Tensor, scales: Sequence[float], lr: float,
@@ -394,10 +401,15 @@ def sweep_peakiness(W: torch.Tensor, x: torch.Tensor, scales: Sequence[float], l
         neg = int(softmax_probs(Ws, x).argmin())
         if neg_prob is not None:
             Ws = set_label_prob(Ws, x, neg, neg_prob)
-        res = toy_step(Ws, x, neg_label=neg, lr=lr, steps=steps)
-        points.append(SweepPoint(float(s), float(res.pi_before[neg]), float(res.pi_before.max()),
-                                 squeeze_metrics(res.pi_before, res.pi_after, neg)))
+        points.append(_sweep_point(s, Ws, x, neg, lr, steps))
     return tuple(points)
+
+
+def _sweep_point(value: float, W: torch.Tensor, x: torch.Tensor, neg_label: int, lr: float,
+                 steps: int) -> SweepPoint:
+    res = toy_step(W, x, neg_label=neg_label, lr=lr, steps=steps)
+    return SweepPoint(float(value), float(res.pi_before[neg_label]), float(res.pi_before.max()),
+                      squeeze_metrics(res.pi_before, res.pi_after, neg_label))
 
 
 NEG_PROB_SWEEP = (0.3, 0.1, 0.03, 0.01, 1e-3, 1e-4, 1e-6)
@@ -452,88 +464,121 @@ def toy_claims(cases: Sequence[ToyCase], prob_sweep: Sequence[SweepPoint],
                peak_sweep: Sequence[SweepPoint]) -> tuple[Claim, ...]:
     """The quantified claims of Sec. 3.3 / App. C, each checked on the computed distributions."""
     by = {case.name: case for case in cases}
-    claims: list[Claim] = []
+    return (
+        _positive_claim(by["1-positive"]),
+        _flat_claim(by["2-negative-flat"]),
+        _peak_claim(by["3-negative-peak"]),
+        *_valley_claims(by["4-dpo-valley"]),
+        _chosen_falls_claim(by["4-dpo-valley"]),
+        *_valley_claims(by["5-large"]),
+        _rich_get_richer_claim(by["5-large"]),
+        _neg_prob_sweep_claim(prob_sweep),
+        _peakiness_sweep_claim(peak_sweep),
+    )
 
-    pos = by["1-positive"].result
+
+def _positive_claim(case: ToyCase) -> Claim:
+    """A positive gradient lifts y+, and the old argmax pays the most."""
+    pos = case.result
     y, p0, p1 = pos.pos_label, pos.pi_before, pos.pi_after
     assert y is not None
     top = int(p0.argmax())
     paid = (p0 - p1).masked_fill(_onehot(y, p0).bool(), -math.inf)
-    claims.append(Claim("1-positive", "π(y+) rises; the old argmax pays the most mass",
-                        bool(p1[y] > p0[y]) and top != y and int(paid.argmax()) == top,
-                        {"pi_y+_before": float(p0[y]), "pi_y+_after": float(p1[y]),
-                         "argmax_before": float(p0[top]), "argmax_after": float(p1[top])}))
+    return Claim(case.name, "π(y+) rises; the old argmax pays the most mass",
+                 bool(p1[y] > p0[y]) and top != y and int(paid.argmax()) == top,
+                 {"pi_y+_before": float(p0[y]), "pi_y+_after": float(p1[y]),
+                  "argmax_before": float(p0[top]), "argmax_after": float(p1[top])})
 
-    flat = by["2-negative-flat"].metrics
+
+def _flat_claim(case: ToyCase) -> Claim:
+    """On a flat π the mass y− frees is shared evenly: no squeeze."""
+    flat = case.metrics
     assert flat is not None
-    spread = float(_others_log_ratio(by["2-negative-flat"].result).max()
-                   - _others_log_ratio(by["2-negative-flat"].result).min())
-    claims.append(Claim("2-negative-flat", "flat π: y−'s mass is spread evenly, no label loses (little squeeze)",
-                        flat.delta_neg < 0 and flat.n_losers == 0 and flat.squeeze_ratio < 0.1,
-                        {"pi_y-_before": flat.neg_before, "pi_y-_after": flat.neg_after,
-                         "n_losers": flat.n_losers, "squeeze_ratio": flat.squeeze_ratio,
-                         "log_ratio_spread": spread}))
+    log_ratio = _others_log_ratio(case.result)
+    return Claim(case.name, "flat π: y−'s mass is spread evenly, no label loses (little squeeze)",
+                 flat.delta_neg < 0 and flat.n_losers == 0 and flat.squeeze_ratio < 0.1,
+                 {"pi_y-_before": flat.neg_before, "pi_y-_after": flat.neg_after,
+                  "n_losers": flat.n_losers, "squeeze_ratio": flat.squeeze_ratio,
+                  "log_ratio_spread": float(log_ratio.max() - log_ratio.min())})
 
-    peak_case = by["3-negative-peak"]
-    pk = peak_case.metrics
+
+def _peak_claim(case: ToyCase) -> Claim:
+    """A negative gradient on the peak hands its mass down the ranking, most to the runner-up."""
+    pk = case.metrics
     assert pk is not None
-    q0, q1 = peak_case.result.pi_before, peak_case.result.pi_after
+    q0, q1 = case.result.pi_before, case.result.pi_after
     runner_up = int(torch.argsort(q0, descending=True)[1])
-    gain = (q1 - q0).masked_fill(_onehot(pk.neg_label, q0).bool(), -math.inf)
-    log_gain = (torch.log(q1) - torch.log(q0)).masked_fill(_onehot(pk.neg_label, q0).bool(), -math.inf)
-    claims.append(Claim("3-negative-peak", "the peak falls; the runner-up gains the most (absolute and relative)",
-                        pk.delta_neg < 0 and int(gain.argmax()) == runner_up and int(log_gain.argmax()) == runner_up,
-                        {"peak_before": pk.neg_before, "peak_after": pk.neg_after,
-                         "runner_up_before": float(q0[runner_up]), "runner_up_after": float(q1[runner_up])}))
+    is_neg = _onehot(pk.neg_label, q0).bool()
+    gain = (q1 - q0).masked_fill(is_neg, -math.inf)
+    log_gain = (torch.log(q1) - torch.log(q0)).masked_fill(is_neg, -math.inf)
+    return Claim(case.name, "the peak falls; the runner-up gains the most (absolute and relative)",
+                 pk.delta_neg < 0 and int(gain.argmax()) == runner_up and int(log_gain.argmax()) == runner_up,
+                 {"peak_before": pk.neg_before, "peak_after": pk.neg_after,
+                  "runner_up_before": float(q0[runner_up]), "runner_up_after": float(q1[runner_up])})
 
-    for name in ("4-dpo-valley", "5-large"):
-        m = by[name].metrics
-        assert m is not None
-        claims.append(Claim(name, "π(y−) falls and the argmax's probability rises",
-                            m.delta_neg < 0 and m.delta_argmax > 0,
-                            {"pi_y-_before": m.neg_before, "pi_y-_after": m.neg_after,
-                             "argmax_before": m.argmax_before, "argmax_after": m.argmax_after}))
-        claims.append(Claim(name, "most labels below the argmax lose mass; the argmax gains far more than y− gave up",
-                            m.frac_bystanders_losing > 0.5 and m.mass_lost_below_argmax > 0 and m.squeeze_ratio > 1,
-                            {"frac_below_argmax_losing": m.frac_bystanders_losing,
-                             "mass_lost_below_argmax": m.mass_lost_below_argmax,
-                             "squeeze_ratio": m.squeeze_ratio}))
-        if name == "4-dpo-valley":
-            dpo = by[name].result
-            yp = dpo.pos_label
-            assert yp is not None
-            path = dpo.trajectory[:, yp]
-            claims.append(Claim(name, "the squeeze beats the positive gradient: π(y+) at x ends below its start",
-                                bool(dpo.pi_after[yp] < dpo.pi_before[yp]),
-                                {"pi_y+_before": float(dpo.pi_before[yp]), "pi_y+_max": float(path.max()),
-                                 "pi_y+_after": float(dpo.pi_after[yp])}))
-        else:
-            claims.append(Claim(name, "rich get richer: π_after/π_before follows the rank of π_before",
-                                m.rich_get_richer, {"n_labels": len(by[name].result.pi_before)}))
+
+def _valley_claims(case: ToyCase) -> tuple[Claim, Claim]:
+    """A negative gradient on a valley label: it falls, y* rises, and the labels below y* are squeezed."""
+    m = case.metrics
+    assert m is not None
+    return (
+        Claim(case.name, "π(y−) falls and the argmax's probability rises",
+              m.delta_neg < 0 and m.delta_argmax > 0,
+              {"pi_y-_before": m.neg_before, "pi_y-_after": m.neg_after,
+               "argmax_before": m.argmax_before, "argmax_after": m.argmax_after}),
+        Claim(case.name, "most labels below the argmax lose mass; the argmax gains far more than y− gave up",
+              m.frac_bystanders_losing > 0.5 and m.mass_lost_below_argmax > 0 and m.squeeze_ratio > 1,
+              {"frac_below_argmax_losing": m.frac_bystanders_losing,
+               "mass_lost_below_argmax": m.mass_lost_below_argmax,
+               "squeeze_ratio": m.squeeze_ratio}),
+    )
+
+
+def _chosen_falls_claim(case: ToyCase) -> Claim:
+    """Off-policy DPO: the squeeze at x− outweighs the positive gradient that y+ gets at x+."""
+    dpo = case.result
+    yp = dpo.pos_label
+    assert yp is not None
+    path = dpo.trajectory[:, yp]
+    return Claim(case.name, "the squeeze beats the positive gradient: π(y+) at x ends below its start",
+                 bool(dpo.pi_after[yp] < dpo.pi_before[yp]),
+                 {"pi_y+_before": float(dpo.pi_before[yp]), "pi_y+_max": float(path.max()),
+                  "pi_y+_after": float(dpo.pi_after[yp])})
+
+
+def _rich_get_richer_claim(case: ToyCase) -> Claim:
+    m = case.metrics
+    assert m is not None
+    return Claim(case.name, "rich get richer: π_after/π_before follows the rank of π_before",
+                 m.rich_get_richer, {"n_labels": len(case.result.pi_before)})
+
+
+def _neg_prob_sweep_claim(prob_sweep: Sequence[SweepPoint]) -> Claim:
     neg_p = [p.neg_before for p in prob_sweep]
     ratios = [p.metrics.squeeze_ratio for p in prob_sweep]
     lost = [p.metrics.bystander_loss_fraction for p in prob_sweep]
-    claims.append(Claim("sweep-neg-prob", "stronger when π(y−) is smaller: the argmax's gain per unit freed "
-                        "and the share of bystander mass lost both grow",
-                        _strictly_decreasing(neg_p) and _strictly_increasing(ratios) and _non_decreasing(lost)
-                        and lost[-1] > lost[0],
-                        {"pi_y-_first": neg_p[0], "pi_y-_last": neg_p[-1],
-                         "squeeze_ratio_first": ratios[0], "squeeze_ratio_last": ratios[-1],
-                         "bystander_loss_first": lost[0], "bystander_loss_last": lost[-1]}))
+    return Claim("sweep-neg-prob", "stronger when π(y−) is smaller: the argmax's gain per unit freed "
+                 "and the share of bystander mass lost both grow",
+                 _strictly_decreasing(neg_p) and _strictly_increasing(ratios) and _non_decreasing(lost)
+                 and lost[-1] > lost[0],
+                 {"pi_y-_first": neg_p[0], "pi_y-_last": neg_p[-1],
+                  "squeeze_ratio_first": ratios[0], "squeeze_ratio_last": ratios[-1],
+                  "bystander_loss_first": lost[0], "bystander_loss_last": lost[-1]})
 
+
+def _peakiness_sweep_claim(peak_sweep: Sequence[SweepPoint]) -> Claim:
     peaks = [p.peak_before for p in peak_sweep]
     frac = [p.metrics.frac_losers for p in peak_sweep]
     ratios = [p.metrics.squeeze_ratio for p in peak_sweep]
     lost = [p.metrics.bystander_loss_fraction for p in peak_sweep]
-    claims.append(Claim("sweep-peakiness", "stronger when π is peakier: more labels lose mass, and the argmax's "
-                        "gain per unit freed grows",
-                        _strictly_increasing(peaks) and _non_decreasing(frac) and frac[-1] > frac[0]
-                        and _strictly_increasing(ratios),
-                        {"max_pi_first": peaks[0], "max_pi_last": peaks[-1],
-                         "frac_losers_first": frac[0], "frac_losers_last": frac[-1],
-                         "squeeze_ratio_first": ratios[0], "squeeze_ratio_last": ratios[-1],
-                         "bystander_loss_first": lost[0], "bystander_loss_last": lost[-1]}))
-    return tuple(claims)
+    return Claim("sweep-peakiness", "stronger when π is peakier: more labels lose mass, and the argmax's "
+                 "gain per unit freed grows",
+                 _strictly_increasing(peaks) and _non_decreasing(frac) and frac[-1] > frac[0]
+                 and _strictly_increasing(ratios),
+                 {"max_pi_first": peaks[0], "max_pi_last": peaks[-1],
+                  "frac_losers_first": frac[0], "frac_losers_last": frac[-1],
+                  "squeeze_ratio_first": ratios[0], "squeeze_ratio_last": ratios[-1],
+                  "bystander_loss_first": lost[0], "bystander_loss_last": lost[-1]})
 
 
 def compute_toy(config: SqueezeToyConfig = SqueezeToyConfig()) -> tuple[
@@ -586,58 +631,78 @@ def run_squeeze_toy(out_dir: str | Path, seed: int = 0,
 
 
 def _plot_case(case: ToyCase, path: Path) -> Path:
-    """Two panels: π before/after in label order, and sorted by π before (log scale)."""
+    """Three panels: π before/after in label order, sorted by π before (log scale), and step by step."""
     from matplotlib.figure import Figure
 
-    res = case.result
-    p0, p1 = res.pi_before.numpy(), res.pi_after.numpy()
-    V = p0.shape[0]
     fig = Figure(figsize=(12, 3.2), dpi=80)
     ax_lab, ax_sort, ax_path = fig.subplots(1, 3, gridspec_kw={"width_ratios": [3, 3, 2]})
-    labels = range(V)
-    if V <= 100:
-        ax_lab.bar(labels, p0, width=0.8, color="0.7", label="before")
-        ax_lab.bar(labels, p1, width=0.4, color="tab:blue", label="after")
-    else:
-        ax_lab.plot(labels, p0, color="0.6", lw=0.8, label="before")
-        ax_lab.plot(labels, p1, color="tab:blue", lw=0.8, label="after")
-    marks = [(res.neg_label, "y−", "tab:red"), (res.pos_label, "y+", "tab:green")]
-    if case.metrics is not None:  # y*: the most likely label other than y−
-        top_text = "runner-up" if case.metrics.neg_label == int(res.pi_before.argmax()) else "y*"
-        marks.append((case.metrics.argmax_label, top_text, "tab:orange"))
-    for i, (label, text, color) in enumerate(marks):
-        if label is not None:
-            ax_lab.axvline(label, color=color, lw=0.8, ls="--")
-            ax_lab.annotate(text, (label, 0.97 - 0.08 * i), xycoords=("data", "axes fraction"), color=color,
-                            ha="left", va="top", fontsize=8)
-    ax_lab.set_xlabel("label")
-    ax_lab.set_ylabel("π")
-    ax_lab.legend(fontsize=7, loc="upper right")
-
-    order = torch.argsort(res.pi_before, descending=True).numpy()
-    ax_sort.semilogy(range(V), p0[order], color="0.5", marker="." if V <= 100 else None, lw=1, label="before")
-    ax_sort.semilogy(range(V), p1[order], color="tab:blue", marker="." if V <= 100 else None, lw=1, label="after")
-    for label, text, color in marks:
-        if label is not None:
-            rank = int((order == label).nonzero()[0][0])
-            ax_sort.axvline(rank, color=color, lw=0.8, ls="--")
-    ax_sort.set_xlabel("rank of the label under π before")
-    ax_sort.set_ylabel("π (log)")
-    ax_sort.legend(fontsize=7, loc="upper right")
-
-    steps = range(res.trajectory.shape[0])
-    for label, text, color in marks:
-        if label is not None:
-            ax_path.semilogy(steps, res.trajectory[:, label].numpy(), color=color, label=text)
-    if case.metrics is None:  # positive case: follow the old argmax too
-        top = int(res.pi_before.argmax())
-        ax_path.semilogy(steps, res.trajectory[:, top].numpy(), color="tab:orange", label="old argmax")
-    ax_path.set_xlabel("step")
-    ax_path.set_ylabel("π (log)")
-    ax_path.legend(fontsize=7)
+    marks = _case_marks(case)
+    _draw_by_label(ax_lab, case.result, marks)
+    _draw_by_rank(ax_sort, case.result, marks)
+    _draw_steps(ax_path, case, marks)
     fig.suptitle(case.title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+Mark = tuple[int | None, str, str]  # (label or None when the case has none, text, colour)
+
+
+def _case_marks(case: ToyCase) -> list[Mark]:
+    """y−, y+ and y* (the most likely label other than y−), in the order their annotations stack."""
+    res = case.result
+    marks: list[Mark] = [(res.neg_label, "y−", "tab:red"), (res.pos_label, "y+", "tab:green")]
+    if case.metrics is not None:
+        top_text = "runner-up" if case.metrics.neg_label == int(res.pi_before.argmax()) else "y*"
+        marks.append((case.metrics.argmax_label, top_text, "tab:orange"))
+    return marks
+
+
+def _draw_by_label(ax: Any, res: ToyResult, marks: Sequence[Mark]) -> None:
+    p0, p1 = res.pi_before.numpy(), res.pi_after.numpy()
+    labels = range(p0.shape[0])
+    if p0.shape[0] <= 100:
+        ax.bar(labels, p0, width=0.8, color="0.7", label="before")
+        ax.bar(labels, p1, width=0.4, color="tab:blue", label="after")
+    else:
+        ax.plot(labels, p0, color="0.6", lw=0.8, label="before")
+        ax.plot(labels, p1, color="tab:blue", lw=0.8, label="after")
+    for i, (label, text, color) in enumerate(marks):
+        if label is not None:
+            ax.axvline(label, color=color, lw=0.8, ls="--")
+            ax.annotate(text, (label, 0.97 - 0.08 * i), xycoords=("data", "axes fraction"), color=color,
+                        ha="left", va="top", fontsize=8)
+    ax.set_xlabel("label")
+    ax.set_ylabel("π")
+    ax.legend(fontsize=7, loc="upper right")
+
+
+def _draw_by_rank(ax: Any, res: ToyResult, marks: Sequence[Mark]) -> None:
+    p0, p1 = res.pi_before.numpy(), res.pi_after.numpy()
+    V = p0.shape[0]
+    order = torch.argsort(res.pi_before, descending=True).numpy()
+    ax.semilogy(range(V), p0[order], color="0.5", marker="." if V <= 100 else None, lw=1, label="before")
+    ax.semilogy(range(V), p1[order], color="tab:blue", marker="." if V <= 100 else None, lw=1, label="after")
+    for label, _, color in marks:
+        if label is not None:
+            ax.axvline(int((order == label).nonzero()[0][0]), color=color, lw=0.8, ls="--")
+    ax.set_xlabel("rank of the label under π before")
+    ax.set_ylabel("π (log)")
+    ax.legend(fontsize=7, loc="upper right")
+
+
+def _draw_steps(ax: Any, case: ToyCase, marks: Sequence[Mark]) -> None:
+    res = case.result
+    steps = range(res.trajectory.shape[0])
+    for label, text, color in marks:
+        if label is not None:
+            ax.semilogy(steps, res.trajectory[:, label].numpy(), color=color, label=text)
+    if case.metrics is None:  # positive case: follow the old argmax too
+        top = int(res.pi_before.argmax())
+        ax.semilogy(steps, res.trajectory[:, top].numpy(), color="tab:orange", label="old argmax")
+    ax.set_xlabel("step")
+    ax.set_ylabel("π (log)")
+    ax.legend(fontsize=7)
 
 
 def _plot_sweeps(prob_sweep: Sequence[SweepPoint], peak_sweep: Sequence[SweepPoint], path: Path) -> Path:

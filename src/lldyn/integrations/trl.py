@@ -24,6 +24,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from accelerate import PartialState
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler
 
@@ -111,8 +112,6 @@ class LearningDynamicsCallback(TrainerCallback):
             del frame
 
     def _make_tracker(self, args, state, model, processing_class) -> Tracker:
-        from accelerate import PartialState
-
         tokenizer = self.tokenizer or getattr(processing_class, "tokenizer", None) or processing_class
         if model is None or tokenizer is None:
             raise LldynError("the trainer passed no model or processing_class to the callback",

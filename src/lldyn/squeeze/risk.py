@@ -31,7 +31,7 @@ Baseline (Razin et al. 2024, "Unintentional Unalignment: Likelihood Displacement
 with h the last hidden states (the output layer's input) at the positions that predict each response
 token, and its length-normalised form ``ches_ln`` = ⟨Σh+, Σh−⟩/(T+ T−) − ‖Σh+‖²/T+². Higher = more
 likely displacement. Hidden states come from the decoder on the engine's own encoding
-(:func:`lldyn.scoring.response_hidden`), so both scores see the same tokens.
+(:func:`lldyn.scoring.response_hidden_states`), so both scores see the same tokens.
 """
 from __future__ import annotations
 
@@ -45,8 +45,7 @@ import torch
 from lldyn.config import check
 from lldyn.data import PreferenceExample
 from lldyn.losses import dpo_loss
-from lldyn.scoring import (Encoder, ScoreConfig, ScoreRequest, ScoreResult, TokenBatch, collate, response_hidden,
-                           score)
+from lldyn.scoring import Encoder, ScoreConfig, ScoreRequest, ScoreResult, response_hidden_states, score
 
 
 @dataclass(frozen=True)
@@ -182,14 +181,6 @@ def rank_pairs(risks: Sequence[PairRisk]) -> list[PairRisk]:
 # --------------------------------------------------------------------------- CHES baseline (Razin et al. 2024)
 
 
-def response_hidden_sums(model: Any, batch: TokenBatch) -> torch.Tensor:
-    """Σ_k h_{x,y,<k} for each sequence of ``batch``: (B, H) float64, over the engine's response positions
-    (:func:`lldyn.scoring.response_hidden`: the output layer's input at the positions that predict each
-    response token, EOS included)."""
-    h, _, mask = response_hidden(model, batch)
-    return (h.double() * mask[..., None]).sum(1)
-
-
 def ches_from_sums(sum_chosen: torch.Tensor, sum_rejected: torch.Tensor, n_chosen: torch.Tensor,
                    n_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """CHES and length-normalised CHES from summed hidden states (B, H) and lengths (B,) → (B,), (B,)."""
@@ -201,26 +192,24 @@ def ches_from_sums(sum_chosen: torch.Tensor, sum_rejected: torch.Tensor, n_chose
 
 def ches_scores(model: Any, tokenizer: Any, pairs: Sequence[PreferenceExample], config: ScoreConfig = ScoreConfig(),
                 batch_size: int = 8, encoder: Encoder | None = None) -> list[tuple[float, float]]:
-    """(CHES, length-normalised CHES) of every pair, in order; no grad, eval mode, padding-invariant."""
+    """(CHES, length-normalised CHES) of every pair, in order; no grad, eval mode, padding-invariant.
+
+    Σ_k h_{x,y,<k} sums the engine's response hidden states (:func:`lldyn.scoring.response_hidden_states`:
+    the output layer's input at the positions that predict each response token, EOS included), in float64;
+    the chosen and rejected responses of ``batch_size`` pairs share one forward pass.
+    """
     encoder = encoder or Encoder(tokenizer, config)
-    device = next(model.parameters()).device
     out: list[tuple[float, float]] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(pairs), batch_size):
-                chunk = pairs[start:start + batch_size]
-                encoded = [encoder.pair(p.prompt, p.chosen, p.where) for p in chunk]
-                encoded += [encoder.pair(p.prompt, p.rejected, p.where) for p in chunk]
-                batch = collate(encoded, tokenizer.pad_token_id).to(device)
-                sums = response_hidden_sums(model, batch).cpu()
-                n = batch.response_len.cpu()
-                k = len(chunk)
-                ches, ches_ln = ches_from_sums(sums[:k], sums[k:], n[:k], n[k:])
-                out += [(float(a), float(b)) for a, b in zip(ches, ches_ln)]
-    finally:
-        model.train(was_training)
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        encoded = [encoder.pair(p.prompt, p.chosen, p.where) for p in chunk]
+        encoded += [encoder.pair(p.prompt, p.rejected, p.where) for p in chunk]
+        hidden = response_hidden_states(model, encoded, tokenizer.pad_token_id, batch_size=len(encoded))
+        sums = torch.stack([h.double().sum(0) for h in hidden])
+        n = torch.tensor([h.shape[0] for h in hidden])
+        k = len(chunk)
+        ches, ches_ln = ches_from_sums(sums[:k], sums[k:], n[:k], n[k:])
+        out += [(float(a), float(b)) for a, b in zip(ches, ches_ln)]
     return out
 
 
