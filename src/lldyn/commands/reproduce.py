@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a shipped config name (e.g. qwen2.5-0.5b-dpo) or a TOML file (default: the CPU config)")
     p.add_argument("--model", default=None, help="model instead of the config's")
     p.add_argument("--data", default=None, help="preference data instead of the config's (file, builtin:train or hf:NAME)")
+    p.add_argument("--test-data", default=None,
+                   help="held-out pairs (e.g. builtin:test) instead of a seeded split of --data; every pair of "
+                        "--data is then trained on")
     p.add_argument("--quick", action="store_true", help="a few steps on few pairs (smoke test)")
     p.set_defaults(run=run)
 
@@ -27,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from lldyn.experiments.reproduce import describe_held_out, load_experiment, run_reproduce
     from lldyn.summary import describe, phase_changes
 
-    experiment = load_experiment(args.experiment, args.out, args.config, args.model, args.data, args.quick)
+    experiment = load_experiment(args.experiment, args.out, args.config, args.model, args.data, args.quick,
+                                 args.test_data)
     result = run_reproduce(experiment)
     print("\nWhat moved (mean over probe prompts, log π in nats):")
     for cfg in experiment.runs:
@@ -42,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
     if args.experiment == "extend":
         a, b = experiment.runs[1].out, experiment.runs[0].out
         print(f"\njudge them: lldyn judge --a {a} --b {b} --prompts {experiment.held_out_file}"
-              f" --judge hf:MODEL|openai:MODEL --out {experiment.out / 'judge'}")
+              f" --judge hf:MODEL|openai:MODEL|reference --out {experiment.out / 'judge'}")
     print(f"\nreport: {result.report}")
     return 0
