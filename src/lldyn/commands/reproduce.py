@@ -46,6 +46,19 @@ def run(args: argparse.Namespace) -> int:
     if args.experiment == "extend":
         a, b = experiment.runs[1].out, experiment.runs[0].out
         print(f"\njudge them: lldyn judge --a {a} --b {b} --prompts {experiment.held_out_file}"
-              f" --judge hf:MODEL|openai:MODEL|reference --out {experiment.out / 'judge'}")
+              f" --judge hf:MODEL|openai:MODEL --out {experiment.out / 'judge'}")
+        if _has_gold_answers(experiment.held_out_file):
+            print(f"against the gold answers: lldyn judge --a {a} --b {b} --prompts {experiment.held_out_file}"
+                  f" --judge reference --answered-only --out {experiment.out / 'judge-reference'}")
     print(f"\nreport: {result.report}")
     return 0
+
+
+def _has_gold_answers(held_out: Path) -> bool:
+    from lldyn.errors import LldynError
+    from lldyn.judge import load_prompts
+
+    try:
+        return bool(load_prompts(str(held_out), gold="only"))
+    except LldynError:
+        return False
