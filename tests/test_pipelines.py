@@ -97,7 +97,9 @@ def test_reproduce_test_data_holds_out_the_builtin_test_split_with_its_gold_answ
                         test_data="builtin:test")
     assert e.config.test_data == "builtin:test"
     assert set_up(e).startswith("24 training pairs, 49 held out")
-    rows = lambda f: [json.loads(x) for x in f.read_text().splitlines()]  # noqa: E731
+    def rows(path):
+        return [json.loads(x) for x in path.read_text().splitlines()]
+
     test = load_preferences("builtin:test")
     assert [r["id"] for r in rows(e.held_out_file)] == [p.id for p in test]
     assert [r["id"] for r in rows(e.train_file)] == [p.id for p in load_preferences("builtin:train", limit=24)]

@@ -359,11 +359,10 @@ class ReferenceSource(PreferenceSource):
 
     def __init__(self, references: Mapping[str, Reference] | Callable[[Prompt], Reference | None]) -> None:
         if callable(references):
-            lookup = references
+            self.judge_ = ReferenceJudge(references)
         else:
             table = dict(references)
-            lookup = lambda prompt: table.get(prompt_key(prompt))  # noqa: E731
-        self.judge_ = ReferenceJudge(lookup)
+            self.judge_ = ReferenceJudge(lambda prompt: table.get(prompt_key(prompt)))
 
     def states(self, prompt: Prompt, response: str) -> Match:
         """Whether ``response`` states ``prompt``'s gold answer (beyond the prompt's own mentions)."""
@@ -407,7 +406,7 @@ def load_preference_source(spec: str, base_url: str | None = None, api_key_env: 
     prompts).
     """
     spec = (spec or "").strip()
-    kind, sep, rest = spec.partition(":")
+    kind, _, rest = spec.partition(":")
     if judge_mode != "generate" and kind != "hf" and spec != "hf":
         raise LldynError(f"judge mode {judge_mode!r} needs a local judge", field="judge-mode",
                          expected="--judge hf:MODEL, or --judge-mode generate")
