@@ -86,6 +86,33 @@ def test_reproduce_ships_gpu_configs_with_the_papers_hyperparameters():
                     t["max_length"], t["max_prompt_tokens"]) == ("rmsprop", 5e-7, 150, 10.0, 4, 0.1, 512, 256)
 
 
+def test_reproduce_test_data_holds_out_the_builtin_test_split_with_its_gold_answers(tmp_path):
+    """--test-data builtin:test: every pair read is trained on, the held-out pairs are the built-in test split and
+    keep their answer fields (for lldyn judge --judge reference); data that overlaps the training pairs is refused."""
+    from lldyn.data import load_preferences
+    from lldyn.errors import LldynError
+    from lldyn.experiments.reproduce import load_experiment, set_up
+
+    e = load_experiment("extend", tmp_path / "exp", model="tiny-random-llama", data="builtin:train", quick=True,
+                        test_data="builtin:test")
+    assert e.config.test_data == "builtin:test"
+    assert set_up(e).startswith("24 training pairs, 49 held out")
+    def rows(path):
+        return [json.loads(x) for x in path.read_text().splitlines()]
+
+    test = load_preferences("builtin:test")
+    assert [r["id"] for r in rows(e.held_out_file)] == [p.id for p in test]
+    assert [r["id"] for r in rows(e.train_file)] == [p.id for p in load_preferences("builtin:train", limit=24)]
+    for row, pair in zip(rows(e.held_out_file), test):
+        assert row.get("answer") == pair.extra.get("answer")
+        assert row.get("answer_aliases") == pair.extra.get("answer_aliases")
+    clash = load_experiment("dpo", tmp_path / "clash", model="tiny-random-llama", data="builtin:train", quick=True,
+                            test_data="builtin:train")
+    with pytest.raises(LldynError, match="also a training pair"):
+        set_up(clash)
+    assert not (tmp_path / "clash").exists()
+
+
 def test_reproduce_missing_data_is_one_clear_error(tmp_path):
     proc = cli("reproduce", "dpo", "--data", "nope.jsonl", "--out", "exp", cwd=tmp_path)
     assert proc.returncode == 2 and "nope.jsonl" in proc.stderr and "Traceback" not in proc.stderr

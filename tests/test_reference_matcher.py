@@ -11,6 +11,7 @@ from lldyn.reference_answer import (
     EMPTY,
     NEGATED,
     NOT_MENTIONED,
+    RESTATED,
     STATED,
     Match,
     Reference,
@@ -314,9 +315,55 @@ def test_reference_judge_has_the_shape_of_a_preference():
 
 
 def test_reference_judge_with_a_lookup_function_for_chat_prompts():
-    chat = [{"role": "user", "content": "Say 72 in words."}]
+    chat = [{"role": "user", "content": "Write eight times nine in words."}]
     judge = ReferenceJudge(lambda prompt: Reference("seventy-two") if prompt is chat else None)
     assert judge(chat, "Seventy two.", "Seventy.") == 0
+    # "Say 72 in words." holds the answer itself, so a bare "Seventy two." only restates it (a false
+    # negative of the count, documented in the module docstring)
+    said = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say 72 in words."}]
+    judge = ReferenceJudge(lambda prompt: Reference("seventy-two") if prompt is said else None)
+    assert judge(said, "Seventy two.", "Seventy.") is None
+    assert judge.states(said, "Seventy two.").reason == RESTATED
+    assert judge(said, "72 is seventy-two.", "Seventy.") == 0
+
+
+# --------------------------------------------------------------------------- mentions the prompt already makes
+
+PROMPT_CASES = [
+    # (prompt, response, answer, aliases, reason, restated): builtin-0102 and its answers
+    ("Divide 64 by 8.", "Dividing 64 by 8 gives 8.", "8", ["eight"], STATED, 1),
+    ("Divide 64 by 8.", "Dividing 64 by 8 gives 9.", "8", ["eight"], RESTATED, 1),
+    ("Divide 64 by 8.", "Sixty-four divided by eight is eight.", "8", ["eight"], STATED, 1),
+    ("Divide 64 by 8.", "8.", "8", ["eight"], RESTATED, 1),  # the count's false negative
+    ("Divide 64 by 8.", "Dividing 64 by 8 does not give 8.", "8", ["eight"], NEGATED, 1),
+    ("Divide 64 by 8.", "Dividing 64 by 8 gives 8, not 8.", "8", ["eight"], CONTRADICTED, 1),
+    ("Divide 64 by 8.", "It is 9.", "8", ["eight"], NOT_MENTIONED, 0),
+    ("Divide 64 by 8.", "", "8", ["eight"], EMPTY, 0),
+    # the prompt's negated mention counts too: "not 8" in the prompt accounts for one mention
+    ("Is it 8 or not 8? 16 divided by 2.", "Not 8? It is 8, yes 8.", "8", [], STATED, 2),
+    ("Is it 8 or not 8? 16 divided by 2.", "It is 8, not 8.", "8", [], RESTATED, 2),
+    # a prompt without the answer changes nothing
+    ("What is 8 times 9?", "8 times 9 is 72.", "72", [], STATED, 0),
+]
+
+
+@pytest.mark.parametrize("prompt,response,answer,aliases,reason,restated", PROMPT_CASES)
+def test_mentions_the_prompt_already_makes_do_not_count(prompt, response, answer, aliases, reason, restated):
+    result = states_answer(response, answer, aliases, prompt=prompt)
+    assert (result.reason, result.restated, result.matched) == (reason, restated, reason == STATED), result
+    # without the prompt the first mentions count again
+    plain = states_answer(response, answer, aliases)
+    assert plain.mentions == result.mentions
+    if restated == 0:
+        assert plain == result
+
+
+def test_the_prompt_keeps_the_verdict_symmetric():
+    ref = Reference("8", ("eight",))
+    prompt = "Divide 64 by 8."
+    a, b = "Dividing 64 by 8 gives 8.", "Dividing 64 by 8 gives 9."
+    assert ref.verdict(a, b, prompt) == 0 and ref.verdict(b, a, prompt) == 1
+    assert ref.verdict(a, b) is None  # without the prompt both mention 8: a tie
 
 
 def test_mentions_inside_longer_mentions_are_dropped_but_others_kept():

@@ -1,14 +1,21 @@
 """Preference sources: who says which of two responses to a prompt is better, and the verdict parser.
 
-A *preference source* says which of two responses to a prompt is better. Three kinds, named by a spec
+A *preference source* says which of two responses to a prompt is better. Four kinds, named by a spec
 (:func:`load_preference_source`):
 
 ``hf:MODEL``        a local chat model judges (``hf:`` alone = the embedded SmolLM2-135M-Instruct), greedy;
 ``openai:MODEL``    any OpenAI-compatible ``/v1/chat/completions`` endpoint (``base_url``; ``lldyn serve``
                     is one). The API key is read from the environment variable ``api_key_env`` only and
                     sent as ``Authorization: Bearer``; it is never written to a file, a log or a message;
-``module:function`` a reward function ``f(prompt: str, response: str) -> float``; the higher reward wins
-                    (chat prompts are passed as their rendered history, see :func:`render_history`).
+``reward:module:function``
+                    a reward function or reward model ``f(prompt: str, response: str) -> float``; the
+                    higher reward wins, equal rewards tie (chat prompts are passed as their rendered
+                    history, see :func:`render_history`). ``module:function`` alone is the same source,
+                    kept for specs written before ``reward:`` existed; a module named ``hf``, ``openai``
+                    or ``reward`` needs the explicit spelling (``reward:reward:f``);
+``reference``       a judge with ground truth (:class:`ReferenceSource`): the response that states the
+                    prompt's gold answer (:mod:`lldyn.reference_answer`) wins when the other does not;
+                    both or neither is a tie. It needs the prompts' gold answers (``references``).
 
 Every source has ``judge(prompt, a, b) -> Judgement(choice, raw_text)``, ``prefer(prompt, a, b) -> 0 | 1 |
 None`` (0 = a, 1 = b, None = invalid or tie) and ``judge_batch(items)``. Model judges get the paper's
@@ -21,17 +28,19 @@ The judged win rate built on these sources is :mod:`lldyn.judge`.
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import os
 import re
 import socket
 import sys
 import urllib.parse
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from lldyn.data import Prompt
 from lldyn.endpoint import ChatEndpoint, public_url
 from lldyn.errors import LldynError
+from lldyn.reference_answer import Match, Reference, ReferenceJudge
 from lldyn.runs import load_model_or_run
 
 # The paper's judge instruction (Ren & Sutherland, Appendix; the authors' evaluation notebook, which
@@ -49,7 +58,8 @@ JUDGE_TEMPLATE = (
     "More helpful: <\"A\" or \"B\">"
 )
 JUDGE_SYSTEM = "You are a helpful assistant."
-SPEC_HELP = "hf:MODEL (local chat model; hf: = embedded SmolLM2), openai:MODEL (OpenAI-compatible endpoint) or module:function"
+SPEC_HELP = ("hf:MODEL (local chat model; hf: = embedded SmolLM2), openai:MODEL (OpenAI-compatible endpoint), "
+             "reward:module:function (a reward function) or reference (gold answers)")
 _ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 
 
@@ -279,10 +289,13 @@ class OpenAIJudge(PreferenceSource):
 
 
 class RewardFunctionSource(PreferenceSource):
-    """``module:function`` — ``f(prompt: str, response: str) -> float``; the higher reward wins, equal = tie."""
+    """``reward:module:function`` — ``f(prompt: str, response: str) -> float``; the higher reward wins, equal = tie.
+
+    A reward that raises, or returns something that is not a number (text, a bool, NaN, a tensor of more
+    than one value), is one :class:`LldynError` naming the function; ``±inf`` are numbers and compare."""
 
     def __init__(self, module: str, function: str) -> None:
-        self.name = f"{module}:{function}"
+        self.name = f"reward:{module}:{function}"
         if os.getcwd() not in sys.path:  # a console script does not put the working directory on sys.path
             sys.path.insert(0, os.getcwd())
         try:
@@ -302,31 +315,98 @@ class RewardFunctionSource(PreferenceSource):
         except Exception as err:  # the user's function failed: one line naming it, not a traceback
             raise LldynError(f"reward function raised {type(err).__name__}: {err}", field="judge",
                              file=self.name) from None
-        if isinstance(value, bool) or not hasattr(value, "__float__"):
-            raise LldynError(f"reward function returned {type(value).__name__}", field="judge", file=self.name,
-                             expected="a number")
-        return float(value)
+        number = None
+        if not isinstance(value, bool) and hasattr(value, "__float__"):
+            try:
+                number = float(value)
+            except (TypeError, ValueError, RuntimeError):  # e.g. a tensor of several values
+                number = None
+        if number is None or math.isnan(number):
+            shown = "nan" if number is not None else type(value).__name__
+            raise LldynError(f"reward function returned {shown}", field="judge", file=self.name,
+                             expected="a number (float or int, not NaN)")
+        return number
 
     def judge_batch(self, items: Sequence[tuple[Prompt, str, str]], progress: bool = False) -> list[Judgement]:
         out = []
         for prompt, a, b in items:
             ra, rb = self.reward(prompt, a), self.reward(prompt, b)
-            choice = None if not (math.isfinite(ra) and math.isfinite(rb)) or ra == rb else (0 if ra > rb else 1)
+            choice = None if ra == rb else (0 if ra > rb else 1)
             out.append(Judgement(choice, f"reward A={ra!r} B={rb!r}"))
         return out
 
 
+def _match_text(match: Match) -> str:
+    """``stated ('Paris' at 23)`` / ``not mentioned`` / ``only negated`` ...: one response's match in words."""
+    if match.matched:
+        return f"{match.reason} ({match.alias!r} at {match.start})"
+    return match.reason
+
+
+class ReferenceSource(PreferenceSource):
+    """``reference`` — a judge with ground truth (:mod:`lldyn.reference_answer`): A wins when it states the
+    prompt's gold answer and B does not, B in the reverse case, and both or neither is a tie (None).
+
+    Each response is matched on its own, so the verdict is symmetric: both orders always agree, and the
+    win rate has no position bias to cancel. Mentions of the answer that the prompt already makes do not
+    count (``Divide 64 by 8.``: ``Dividing 64 by 8 gives 9.`` does not state 8). ``references`` gives
+    each prompt's :class:`~lldyn.reference_answer.Reference`: a function of the prompt, or a mapping
+    keyed by :func:`prompt_key`; a prompt without one is an :class:`LldynError`, never a silent tie.
+    The raw text of a judgement says why, e.g. ``gold 'Paris': A stated ('Paris' at 23), B not mentioned``.
+    """
+
+    name = "reference"
+
+    def __init__(self, references: Mapping[str, Reference] | Callable[[Prompt], Reference | None]) -> None:
+        if callable(references):
+            self.judge_ = ReferenceJudge(references)
+        else:
+            table = dict(references)
+            self.judge_ = ReferenceJudge(lambda prompt: table.get(prompt_key(prompt)))
+
+    def states(self, prompt: Prompt, response: str) -> Match:
+        """Whether ``response`` states ``prompt``'s gold answer (beyond the prompt's own mentions)."""
+        return self.judge_.states(prompt, response)
+
+    def judge_batch(self, items: Sequence[tuple[Prompt, str, str]], progress: bool = False) -> list[Judgement]:
+        out = []
+        for prompt, a, b in items:
+            ref = self.judge_.reference(prompt)
+            ma, mb = self.judge_.explain(prompt, a, b)
+            choice = None if ma.matched == mb.matched else (0 if ma.matched else 1)
+            out.append(Judgement(choice, f"gold {ref.answer!r}: A {_match_text(ma)}, B {_match_text(mb)}"))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"judge": self.name, "matcher": "lldyn.reference_answer.states_answer",
+                "prompt_mentions": "a response's first k mentions of the answer, k = the prompt's, do not count"}
+
+
+def prompt_key(prompt: Prompt) -> str:
+    """A prompt as a lookup key: its text, or its chat messages as canonical JSON."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+def _is_function_spec(spec: str) -> bool:
+    module, sep, function = spec.partition(":")
+    return bool(sep) and function.isidentifier() and bool(module) and all(p.isidentifier() for p in module.split("."))
+
+
 def load_preference_source(spec: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY", *,
-                           max_tokens: int = 128, trust_remote_code: bool = False,
-                           judge_mode: str = "generate") -> PreferenceSource:
-    """``hf:MODEL`` | ``openai:MODEL`` | ``module:function`` → a :class:`PreferenceSource` (see module doc).
+                           max_tokens: int = 128, trust_remote_code: bool = False, judge_mode: str = "generate",
+                           references: Mapping[str, Reference] | Callable[[Prompt], Reference | None] | None = None
+                           ) -> PreferenceSource:
+    """``hf:MODEL`` | ``openai:MODEL`` | ``reward:module:function`` (or ``module:function``) | ``reference`` →
+    a :class:`PreferenceSource` (see module doc).
 
     ``max_tokens`` bounds a model judge's answer (the comparison sentence and the verdict);
     ``trust_remote_code`` is passed to a local judge model's loader; ``judge_mode`` (``generate`` or
-    ``logprob``, local judges only) see :class:`HFJudge`.
+    ``logprob``, local judges only) see :class:`HFJudge`; ``references``: the gold answers that
+    ``reference`` needs (see :class:`ReferenceSource`; ``lldyn.judge.reference_table`` makes them from
+    prompts).
     """
     spec = (spec or "").strip()
-    kind, sep, rest = spec.partition(":")
+    kind, _, rest = spec.partition(":")
     if judge_mode != "generate" and kind != "hf" and spec != "hf":
         raise LldynError(f"judge mode {judge_mode!r} needs a local judge", field="judge-mode",
                          expected="--judge hf:MODEL, or --judge-mode generate")
@@ -334,7 +414,17 @@ def load_preference_source(spec: str, base_url: str | None = None, api_key_env: 
         return HFJudge(rest, max_new_tokens=max_tokens, trust_remote_code=trust_remote_code, mode=judge_mode)
     if kind == "openai":
         return OpenAIJudge(rest, base_url, api_key_env, max_tokens=max_tokens)
-    if sep and rest.isidentifier() and kind and all(p.isidentifier() for p in kind.split(".")):
+    if spec == "reference":
+        if references is None:
+            raise LldynError("the reference judge needs the prompts' gold answers", field="judge",
+                             expected="lldyn judge --judge reference with prompts that carry 'answer' fields")
+        return ReferenceSource(references)
+    if kind == "reward":
+        if not _is_function_spec(rest):
+            raise LldynError(f"{spec!r} names no reward function", field="judge",
+                             expected="reward:module:function, e.g. reward:my_rewards:helpfulness")
+        return RewardFunctionSource(*rest.split(":"))
+    if _is_function_spec(spec):
         return RewardFunctionSource(kind, rest)
     raise LldynError(f"unknown judge {spec!r}", field="judge", expected=SPEC_HELP)
 

@@ -66,9 +66,19 @@ not state it (``reason == CONTRADICTED``): a judge with ground truth rewards com
 fact, and a self-contradiction ties with silence. Hedges are not negations ("I'm not sure, but it's
 Paris" states Paris).
 
-Known limits, by design of a word matcher: a response that restates a prompt holding the gold
-answer mentions it ("Divide 64 by 8." with gold "8": "Dividing 64 by 8 gives 9" states 8), so gold
-answers should not occur in their prompts; a denial of something else after the mention counts
+Mentions the prompt already makes. A response that restates its prompt repeats the prompt's
+mentions: "Divide 64 by 8." has the gold answer 8, and "Dividing 64 by 8 gives 9." mentions 8.
+Given the prompt (``prompt=``, as :class:`ReferenceJudge` and ``lldyn judge --judge reference``
+always give it), the first k mentions of the response are the prompt's, where k is the number of
+mentions (affirmed or negated) in the prompt, and do not count; the rules above apply to the rest,
+and a response with no other mention has the reason :data:`RESTATED`. So "Dividing 64 by 8 gives
+8." states 8 and "Dividing 64 by 8 gives 9." does not. A count cannot tell a restatement from an
+answer that equals what the prompt says, so a bare "8." does not state 8 either, nor "Seventy-two."
+for "Say 72 in words." (false negatives the rule accepts; the built-in data's tests count the same
+way, and its only such rows, builtin-0102 and builtin-0106, are training rows). Without a prompt
+(k = 0) nothing is skipped.
+
+Known limits, by design of a word matcher: a denial of something else after the mention counts
 ("Paris is not in Germany" negates Paris); "one" as a pronoun is the number 1.
 """
 from __future__ import annotations
@@ -94,6 +104,7 @@ __all__ = [
     "NEGATED",
     "CONTRADICTED",
     "EMPTY",
+    "RESTATED",
     "normalise",
     "Mention",
     "Match",
@@ -101,6 +112,7 @@ __all__ = [
     "reference_verdict",
     "Reference",
     "ReferenceJudge",
+    "prompt_words",
 ]
 
 # --------------------------------------------------------------------------- the documented lists
@@ -149,6 +161,7 @@ NOT_MENTIONED = "not mentioned"
 NEGATED = "only negated"
 CONTRADICTED = "stated and negated"
 EMPTY = "empty response"
+RESTATED = "only the prompt's mentions"
 
 # --------------------------------------------------------------------------- number words
 
@@ -463,8 +476,10 @@ class Match:
 
     ``matched``: True iff ``reason == STATED``. ``reason``: :data:`STATED`, :data:`NOT_MENTIONED`,
     :data:`NEGATED` (every mention is negated), :data:`CONTRADICTED` (affirmed and negated
-    mentions) or :data:`EMPTY` (no words at all). ``alias``/``start``/``end``: the first affirmed
-    mention (None when there is none). ``mentions``: all mentions in order.
+    mentions), :data:`EMPTY` (no words at all) or :data:`RESTATED` (no mention beyond the ones the
+    prompt accounts for). ``alias``/``start``/``end``: the first affirmed mention that counts (None
+    when there is none). ``mentions``: all mentions in order; ``restated``: how many of the first
+    ones were taken as the prompt's and did not count.
     """
 
     matched: bool
@@ -473,6 +488,7 @@ class Match:
     start: int | None = None
     end: int | None = None
     mentions: tuple[Mention, ...] = field(default=())
+    restated: int = 0
 
 
 def _forms(answer: str, aliases: Iterable[str]) -> list[tuple[str, tuple[str, ...]]]:
@@ -509,14 +525,41 @@ def _phrase_ending(texts: Sequence[str], clauses: Sequence[int], end: int, phras
     return start
 
 
-def states_answer(response: str, answer: str, aliases: Sequence[str] = ()) -> Match:
+def states_answer(response: str, answer: str, aliases: Sequence[str] = (), prompt: str | None = None) -> Match:
     """Whether ``response`` states ``answer`` (or one of ``aliases``); the rules are in the module docstring.
+
+    With ``prompt``, the response's first k mentions, k = the prompt's mentions, are the prompt's and do
+    not count (module docstring, "Mentions the prompt already makes").
 
     >>> states_answer("The capital of France is Paris.", "Paris").matched
     True
     >>> states_answer("It is not Paris but Lyon.", "Paris").reason
     'only negated'
+    >>> states_answer("Dividing 64 by 8 gives 9.", "8", prompt="Divide 64 by 8.").reason
+    "only the prompt's mentions"
     """
+    match = _states_answer(response, answer, aliases)
+    if not prompt or not match.mentions:
+        return match
+    skip = min(len(_states_answer(prompt, answer, aliases).mentions), len(match.mentions))
+    return _judged(match.mentions, skip) if skip else match
+
+
+def _judged(mentions: tuple[Mention, ...], skip: int = 0) -> Match:
+    """The match of a response with these ``mentions`` (at least one), the first ``skip`` not counting."""
+    counted = mentions[skip:]
+    if not counted:
+        return Match(matched=False, reason=RESTATED, mentions=mentions, restated=skip)
+    affirmed = [m for m in counted if not m.negated]
+    if not affirmed:
+        return Match(matched=False, reason=NEGATED, mentions=mentions, restated=skip)
+    first = affirmed[0]
+    reason = CONTRADICTED if len(affirmed) < len(counted) else STATED
+    return Match(matched=reason == STATED, reason=reason, alias=first.alias, start=first.start, end=first.end,
+                 mentions=mentions, restated=skip)
+
+
+def _states_answer(response: str, answer: str, aliases: Sequence[str]) -> Match:
     forms = _forms(answer, aliases)
     if not isinstance(response, str):
         raise LldynError(f"a response must be text, got {type(response).__name__}", expected="a string")
@@ -578,26 +621,19 @@ def states_answer(response: str, answer: str, aliases: Sequence[str] = ()) -> Ma
             return f"'{' '.join(clause_texts[last_clause + 1])}' next"
         return None
 
-    mentions = tuple(Mention(alias=given, form=" ".join(form), start=words[s].start, end=words[e - 1].end,
-                             negation=negation_of(s, e)) for s, e, given, form in kept)
-    affirmed = [m for m in mentions if not m.negated]
-    if not affirmed:
-        return Match(matched=False, reason=NEGATED, mentions=mentions)
-    first = affirmed[0]
-    if len(affirmed) < len(mentions):
-        return Match(matched=False, reason=CONTRADICTED, alias=first.alias, start=first.start, end=first.end,
-                     mentions=mentions)
-    return Match(matched=True, reason=STATED, alias=first.alias, start=first.start, end=first.end, mentions=mentions)
+    return _judged(tuple(Mention(alias=given, form=" ".join(form), start=words[s].start, end=words[e - 1].end,
+                                 negation=negation_of(s, e)) for s, e, given, form in kept))
 
 
-def reference_verdict(response_a: str, response_b: str, answer: str, aliases: Sequence[str] = ()) -> int | None:
+def reference_verdict(response_a: str, response_b: str, answer: str, aliases: Sequence[str] = (),
+                      prompt: str | None = None) -> int | None:
     """0 when A states the gold answer and B does not, 1 for the reverse, None when both or neither do.
 
     Symmetric by construction: each response is matched on its own, so swapping A and B swaps
     0 and 1 and keeps None (``judge both orders`` always agrees with itself).
     """
-    a = states_answer(response_a, answer, aliases).matched
-    b = states_answer(response_b, answer, aliases).matched
+    a = states_answer(response_a, answer, aliases, prompt).matched
+    b = states_answer(response_b, answer, aliases, prompt).matched
     if a == b:
         return None
     return 0 if a else 1
@@ -634,11 +670,19 @@ class Reference:
         except LldynError as err:
             raise LldynError(err.message, file=file, line=line, field=err.field, expected=err.expected) from None
 
-    def states(self, response: str) -> Match:
-        return states_answer(response, self.answer, self.aliases)
+    def states(self, response: str, prompt: str | None = None) -> Match:
+        return states_answer(response, self.answer, self.aliases, prompt)
 
-    def verdict(self, response_a: str, response_b: str) -> int | None:
-        return reference_verdict(response_a, response_b, self.answer, self.aliases)
+    def verdict(self, response_a: str, response_b: str, prompt: str | None = None) -> int | None:
+        return reference_verdict(response_a, response_b, self.answer, self.aliases, prompt)
+
+
+def prompt_words(prompt: Any) -> str:
+    """The text in which a prompt's own mentions of the answer are counted: the prompt itself, or every
+    message's content of a chat prompt, one per line."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(str(m.get("content", "")) for m in prompt if isinstance(m, Mapping))
 
 
 class ReferenceJudge:
@@ -646,7 +690,8 @@ class ReferenceJudge:
 
     ``references`` maps a prompt to its :class:`Reference`: a mapping keyed by prompt text, or a
     function of the prompt (for chat prompts). A prompt without a reference is an error rather than
-    a silent tie, so win rates are computed only over prompts that have a gold answer.
+    a silent tie, so win rates are computed only over prompts that have a gold answer. Mentions of the
+    answer that the prompt already makes do not count (:func:`states_answer` with ``prompt``).
     """
 
     name = "reference"
@@ -669,11 +714,15 @@ class ReferenceJudge:
 
     def prefer(self, prompt: Any, response_a: str, response_b: str) -> int | None:
         """0 = ``response_a`` states the gold answer and ``response_b`` does not, 1 = the reverse, None = tie."""
-        return self.reference(prompt).verdict(response_a, response_b)
+        return self.reference(prompt).verdict(response_a, response_b, prompt_words(prompt))
 
     __call__ = prefer
 
     def explain(self, prompt: Any, response_a: str, response_b: str) -> tuple[Match, Match]:
         """The two matches behind :meth:`prefer`, for reports."""
         ref = self.reference(prompt)
-        return ref.states(response_a), ref.states(response_b)
+        return ref.states(response_a, prompt_words(prompt)), ref.states(response_b, prompt_words(prompt))
+
+    def states(self, prompt: Any, response: str) -> Match:
+        """Whether ``response`` states the gold answer of ``prompt`` (beyond the prompt's own mentions)."""
+        return self.reference(prompt).states(response, prompt_words(prompt))

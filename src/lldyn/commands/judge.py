@@ -1,4 +1,5 @@
-"""``lldyn judge``: the judged win rate of model/run A against B on held-out prompts (as the paper judges *extend*)."""
+"""``lldyn judge``: the judged win rate of model/run A against B on held-out prompts (as the paper judges *extend*); with
+``--judge reference``, judged against the prompts' gold answers, with each model's accuracy."""
 from __future__ import annotations
 
 import argparse
@@ -12,18 +13,27 @@ SUMMARY = "summary.json"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("judge", help="judged win rate of A against B (both orders, bootstrap interval)",
                        description="Generate greedy responses from A and B on held-out prompts, ask the judge which "
-                                   "is more helpful in both orders (the paper's instruction), and write every "
+                                   "is more helpful in both orders (the paper's instruction; or, with --judge reference, which "
+                                   "states the prompt's gold answer), and write every "
                                    "judgement and the win rate of A with a bootstrap confidence interval.")
     p.add_argument("--a", required=True, help="model A: alias, .gguf, model directory, Hub id or lldyn run directory")
     p.add_argument("--b", required=True, help="model B (same forms as --a)")
     p.add_argument("--prompts", required=True,
-                   help="held-out prompts: preference data or a JSONL of {\"prompt\": ...} rows; builtin:test works")
+                   help="held-out prompts: preference data or a JSONL of {\"prompt\": ...} rows; builtin:test works; "
+                        "with --judge reference each row needs \"answer\" (and optional \"answer_aliases\")")
     p.add_argument("--split", default="test", help="split for Hugging Face data sets (default test)")
-    p.add_argument("--judge", required=True, help="hf:MODEL, openai:MODEL or module:function")
+    p.add_argument("--judge", required=True,
+                   help="hf:MODEL (local chat model), openai:MODEL (endpoint), reward:module:function (a reward "
+                        "function f(prompt, response) -> float; module:function also works) or reference (the "
+                        "prompts' gold answers)")
+    p.add_argument("--answered-only", action="store_true",
+                   help="with --judge reference: judge only the prompts that carry a gold answer (default: a prompt "
+                        "without one is an error)")
     p.add_argument("--base-url", default=None, help="endpoint for openai:MODEL, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY",
                    help="environment variable holding the endpoint's API key (the key is never written)")
-    p.add_argument("--limit", type=int, default=None, help="judge only the first N prompts")
+    p.add_argument("--limit", type=int, default=None,
+                   help="judge only the first N prompts (with --answered-only: the first N that have a gold answer)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="response length budget for A and B")
     p.add_argument("--judge-max-tokens", type=int, default=128, help="answer length budget for a model judge")
     p.add_argument("--judge-mode", choices=("generate", "logprob"), default="generate",
@@ -52,6 +62,9 @@ def _check_args(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise LldynError("output exists and is not a directory", file=str(out), field="out", expected="a directory path")
+    if args.answered_only and args.judge.strip() != "reference":
+        raise LldynError("--answered-only goes with --judge reference", field="answered-only",
+                         expected="--judge reference, or no --answered-only")
     done = [name for name in (JUDGEMENTS, SUMMARY) if (out / name).exists()]
     if done and not args.force:
         raise LldynError(f"already holds judge results ({', '.join(done)})", file=str(out), field="out",
@@ -66,14 +79,17 @@ def run(args: argparse.Namespace) -> int:
     from lldyn import __version__
     from lldyn.generation import GenerationConfig, generate
     from lldyn.io import atomic_write_json, atomic_write_jsonl
-    from lldyn.judge import judge_both_orders, load_prompts, win_rate
-    from lldyn.preferences import JUDGE_TEMPLATE, load_preference_source
+    from lldyn.judge import answer_accuracy, judge_both_orders, load_prompts, reference_table, win_rate
+    from lldyn.preferences import JUDGE_TEMPLATE, ReferenceSource, load_preference_source
     from lldyn.runs import load_model_or_run
 
     _check_args(args)
-    prompts = load_prompts(args.prompts, args.split, args.limit)
+    by_reference = args.judge.strip() == "reference"
+    gold = ("only" if args.answered_only else "require") if by_reference else "ignore"
+    prompts = load_prompts(args.prompts, args.split, args.limit, gold=gold)
     source = load_preference_source(args.judge, args.base_url, args.api_key_env, max_tokens=args.judge_max_tokens,
-                                    trust_remote_code=args.trust_remote_code, judge_mode=args.judge_mode)
+                                    trust_remote_code=args.trust_remote_code, judge_mode=args.judge_mode,
+                                    references=reference_table(prompts) if by_reference else None)
     if hasattr(source, "ping"):
         source.ping()  # an unreachable endpoint fails before any generation
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
@@ -87,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
     items = [(p.prompt, ra, rb) for p, ra, rb in zip(prompts, responses["a"], responses["b"])]
     pairs = judge_both_orders(source, items, progress=True)
     result = win_rate(pairs, n_resamples=args.bootstrap, seed=args.seed)
+    accuracy = {}
+    if isinstance(source, ReferenceSource):  # each model against the gold answers, not only against each other
+        accuracy = {side: answer_accuracy(source, [p.prompt for p in prompts], responses[side],
+                                          n_resamples=args.bootstrap, seed=args.seed) for side in ("a", "b")}
 
     rows = []
     for p, (prompt, ra, rb), pair in zip(prompts, items, pairs):
@@ -96,14 +116,18 @@ def run(args: argparse.Namespace) -> int:
                          "response_second": second, "choice": judgement.choice, "winner": winner,
                          "score_a": pair.scores_a[0 if order == "ab" else 1], "raw_text": judgement.raw_text})
     summary = {
-        "a": args.a, "b": args.b, "prompts": args.prompts, "split": args.split, "limit": args.limit,
+        "a": args.a, "b": args.b, "prompts": args.prompts, "prompts_split": args.split, "limit": args.limit,
         **source.describe(), "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
-        "bootstrap": args.bootstrap, "seed": args.seed, "instruction": JUDGE_TEMPLATE, "lldyn_version": __version__,
+        "bootstrap": args.bootstrap, "seed": args.seed, "lldyn_version": __version__,
+        **({"answered_only": args.answered_only} if by_reference else {"instruction": JUDGE_TEMPLATE}),
         **dataclasses.asdict(result),
+        **({"accuracy": {side: dataclasses.asdict(acc) for side, acc in accuracy.items()}} if accuracy else {}),
     }
     out = Path(args.out)
     atomic_write_jsonl(out / JUDGEMENTS, rows)
     atomic_write_json(out / SUMMARY, summary)  # written last: its presence means the results are complete
-    print(result.line())
+    print(result.reference_line() if accuracy else result.line())
+    for side, acc in accuracy.items():
+        print(f"accuracy of {side.upper()}: {acc.line()}")
     print(f"wrote {len(rows)} judgements to {out / JUDGEMENTS} and the summary to {out / SUMMARY}")
     return 0

@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a shipped config name (e.g. qwen2.5-0.5b-dpo) or a TOML file (default: the CPU config)")
     p.add_argument("--model", default=None, help="model instead of the config's")
     p.add_argument("--data", default=None, help="preference data instead of the config's (file, builtin:train or hf:NAME)")
+    p.add_argument("--test-data", default=None,
+                   help="held-out pairs (e.g. builtin:test) instead of a seeded split of --data; every pair of "
+                        "--data is then trained on")
     p.add_argument("--quick", action="store_true", help="a few steps on few pairs (smoke test)")
     p.set_defaults(run=run)
 
@@ -27,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from lldyn.experiments.reproduce import describe_held_out, load_experiment, run_reproduce
     from lldyn.summary import WHAT_MOVED, what_moved
 
-    experiment = load_experiment(args.experiment, args.out, args.config, args.model, args.data, args.quick)
+    experiment = load_experiment(args.experiment, args.out, args.config, args.model, args.data, args.quick,
+                                 args.test_data)
     result = run_reproduce(experiment)
     print("\n" + WHAT_MOVED)
     for line in what_moved([cfg.out for cfg in experiment.runs], tagged=True):
@@ -42,5 +46,18 @@ def run(args: argparse.Namespace) -> int:
         a, b = experiment.runs[1].out, experiment.runs[0].out
         print(f"\njudge them: lldyn judge --a {a} --b {b} --prompts {experiment.held_out_file}"
               f" --judge hf:MODEL|openai:MODEL --out {experiment.out / 'judge'}")
+        if _has_gold_answers(experiment.held_out_file):
+            print(f"against the gold answers: lldyn judge --a {a} --b {b} --prompts {experiment.held_out_file}"
+                  f" --judge reference --answered-only --out {experiment.out / 'judge-reference'}")
     print(f"\nreport: {result.report}")
     return 0
+
+
+def _has_gold_answers(held_out: Path) -> bool:
+    from lldyn.errors import LldynError
+    from lldyn.judge import load_prompts
+
+    try:
+        return bool(load_prompts(str(held_out), gold="only"))
+    except LldynError:
+        return False

@@ -3,8 +3,10 @@
 Each config (``lldyn/configs/reproduce/*.toml``) has an ``[experiment]`` section (data, how many pairs,
 how many probe prompts, held-out fraction, seed) and one ``[train]`` section — or, for ``extend``, a
 ``[baseline]`` (SFT on y+ then DPO) and an ``[extend]`` (SFT on y+ and y− then DPO) section. The pipeline
-splits the data into training and held-out pairs (written to ``OUT/data/`` so the run directories
-describe themselves), builds the probes on training prompts (the paper tracks training examples),
+splits the data into training and held-out pairs — or, with ``test_data`` (``--test-data``), trains on
+all the pairs read and holds out that data instead (``builtin:test``) — written to ``OUT/data/`` so the
+run directories describe themselves (with the rows' gold ``answer``/``answer_aliases``, for
+``lldyn judge --judge reference``), builds the probes on training prompts (the paper tracks training examples),
 trains, scores the held-out pairs at the start and end of each DPO phase, and writes one report.
 
 The shipped configs name data a user can get: HH-RLHF's harmless-base subset from the Hugging Face
@@ -36,17 +38,21 @@ HH_RLHF = "hf:Anthropic/hh-rlhf/harmless-base"
 QUICK = {"steps": 3, "sft_steps": 2, "eval_every": 2, "batch_size": 2}
 HELD_OUT_FILE = "held_out_dpo.jsonl"
 KINDS = ("chosen", "rejected", "argmax")
+GOLD_FIELDS = ("answer", "answer_aliases")  # kept in OUT/data so the held-out prompts can be judged by reference
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """data: preference source (and split); pairs: how many to read; probe_prompts: training prompts tracked."""
+    """data: preference source (and split); pairs: how many to read; probe_prompts: training prompts tracked;
+    held_out: the fraction of the pairs held out (a seeded split), unless test_data names the held-out pairs
+    (read with split "test", all of them), in which case every pair read is trained on."""
 
     data: str = HH_RLHF
     split: str = "test"
     pairs: int = 200
     probe_prompts: int = 16
     held_out: float = 0.15
+    test_data: str | None = None
     seed: int = 0
     skip_invalid: bool = True
     rephraser: str = "rule"
@@ -113,7 +119,7 @@ def resolve_config(name: str | None, experiment: str) -> Path:
 
 
 def load_experiment(experiment: str, out: str | Path, config: str | None = None, model: str | None = None,
-                    data: str | None = None, quick: bool = False) -> Experiment:
+                    data: str | None = None, quick: bool = False, test_data: str | None = None) -> Experiment:
     """Read and check every section of the experiment's config (nothing is written): a bad key or value in
     any run section is refused before any run starts."""
     path = resolve_config(config, experiment)
@@ -125,6 +131,8 @@ def load_experiment(experiment: str, out: str | Path, config: str | None = None,
     exp = build_config(ExperimentConfig, raw["experiment"], file=str(path), prefix="experiment.")
     if data:
         exp = replace(exp, data=data)
+    if test_data:
+        exp = replace(exp, test_data=test_data)
     if quick:
         exp = replace(exp, pairs=min(exp.pairs, 24), probe_prompts=min(exp.probe_prompts, 3))
     out = Path(out)
@@ -165,12 +173,16 @@ def set_up(e: Experiment) -> str | None:
     if e.train_file.is_file():
         return None
     pairs = read_pairs(e.config)
-    train_pairs, test_pairs = split_held_out(pairs, e.config.seed, e.config.held_out)
+    if e.config.test_data:  # a clash with the training pairs is refused by build_probes, before anything is written
+        train_pairs, test_pairs = pairs, load_preferences(e.config.test_data, "test", skip_invalid=e.config.skip_invalid)
+    else:
+        train_pairs, test_pairs = split_held_out(pairs, e.config.seed, e.config.held_out)
     probes = build_probes(train_pairs, test_pairs, make_rephraser(e.config.rephraser, train_pairs, e.config.seed),
                           limit=e.config.probe_prompts, seed=e.config.seed, sentences=load_sentences())
 
     def rows(ps: list[PreferenceExample]) -> list[dict[str, Any]]:
-        return [{"id": p.id, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in ps]
+        return [{"id": p.id, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected,
+                 **{k: p.extra[k] for k in GOLD_FIELDS if k in p.extra}} for p in ps]
 
     atomic_write_jsonl(e.held_out_file, rows(test_pairs))
     probes.save(e.probes_file)
