@@ -188,7 +188,8 @@ def planned_phase(cfg: TrainConfig, options: PredictConfig, encoder: Encoder) ->
     if phase.steps is not None and {steps_field, epochs_field} <= options.stated:
         allowed = phase_length(phase._replace(steps=None), len(examples), cfg)
         if steps > allowed:
-            raise LldynError(f"the plan says {steps} steps and {phase.epochs:g} epochs, but {phase.epochs:g} epochs of "
+            epochs = f"{phase.epochs:g} epoch{'' if phase.epochs == 1 else 's'}"
+            raise LldynError(f"the plan says {steps} steps and {epochs}, but {epochs} of "
                              f"{len(examples)} usable examples at batch size {cfg.batch_size}"
                              f"{f' × grad_accum {cfg.grad_accum}' if cfg.grad_accum > 1 else ''} hold only "
                              f"{allowed} steps", file=cfg.data, field=steps_field,
