@@ -18,6 +18,8 @@ and len(y+); ``lldyn predict``'s prediction of the phase (:func:`lldyn.predict.p
 Δ log π(y+). Spearman ρ of each predictor with the actual Δ log π(y+) (two-sided permutation p-values).
 
 Writes ``OUT/CASE/results.json`` and ``OUT/CASE/pairs.jsonl`` and prints Markdown tables for docs/predict.md.
+``--horizons H ...`` instead compares the prediction of the first H steps with the actual change after H real
+steps (``OUT/CASE/horizons.json``): how far the linearisation at θ0 holds.
 
     HF_HUB_OFFLINE=1 PYTHONPATH=src nice -n 5 .venv/bin/python scripts/validate_predict.py --out /tmp/validate-predict
 """
@@ -46,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hh-data", default=str(HH_DATA))
     p.add_argument("--prefix-steps", nargs="+", type=int, default=[0, 5, 10])
     p.add_argument("--permutations", type=int, default=10000)
+    p.add_argument("--horizons", nargs="*", type=int, default=[],
+                   help="also predict only the first H steps and compare with the actual change after H real steps "
+                        "(how far the linearisation holds; needs a constant schedule)")
     p.add_argument("--train-only", action="store_true", help="train (or finish) the runs, then stop")
     p.add_argument("--reanalyse", action="store_true", help="no model: tables from OUT/CASE/pairs.jsonl")
     return p.parse_args(argv)
@@ -149,6 +154,40 @@ def measure(run: Path, held_out: str, prefix_steps: list[int]) -> tuple[list[dic
     return rows, info
 
 
+def horizons(run: Path, held_out: str, steps: list[int]) -> dict:
+    """For each horizon H: the prediction of the first H steps alone (a plan of H steps, before training) against the
+    actual change after H real steps (the real prefix of a plan of H + 1 steps), on the held-out y+ and y−."""
+    import numpy as np
+
+    from lldyn.data import load_preferences
+    from lldyn.experiments.reproduce import preference_phase_models
+    from lldyn.predict import PredictConfig, pair_probes, predict_phase
+    from lldyn.squeeze.risk import spearman
+
+    cfg, load_start, _ = preference_phase_models(run)
+    if cfg.scheduler != "constant" or cfg.warmup_steps:
+        raise SystemExit("--horizons needs a constant schedule (a shorter plan would change the learning rates)")
+    phase = "dpo" if cfg.method in ("sft_dpo", "extend") else None
+    probes = pair_probes(load_preferences(held_out))
+    out = {}
+    for h in steps:
+        options = PredictConfig(phase=phase, start=load_start())
+        pred = predict_phase(replace(cfg, steps=h), probes, options, say=print).predicted
+        real = predict_phase(replace(cfg, steps=h + 1), probes, replace(options, start=load_start(), prefix_steps=h),
+                             say=print).prefix
+        row = {}
+        for name, sl in (("chosen", slice(0, None, 2)), ("rejected", slice(1, None, 2))):
+            p, a = pred[sl].numpy(), real[sl].numpy()
+            row[name] = {"spearman": spearman(p, a), "pearson": float(np.corrcoef(p, a)[0, 1]),
+                         "mean_predicted": float(p.mean()), "mean_actual": float(a.mean()),
+                         "sign_agreement": float(((p < 0) == (a < 0)).mean())}
+        out[str(h)] = row
+        print(f"horizon {h}: " + "; ".join(f"{k} ρ {v['spearman']:+.3f}, Pearson {v['pearson']:+.3f}, mean predicted "
+                                           f"{v['mean_predicted']:+.3f} vs actual {v['mean_actual']:+.3f}"
+                                           for k, v in row.items()), flush=True)
+    return out
+
+
 def analyse(rows: list[dict], prefix_steps: list[int], permutations: int) -> dict:
     import numpy as np
 
@@ -216,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         run, held_out = demo_run(case_dir) if case == "demo" else hh_run(case_dir, args.hh_data)
         trained = time.perf_counter() - t
         if args.train_only:
+            continue
+        if args.horizons:
+            result = horizons(run, held_out, args.horizons)
+            atomic_write_json(case_dir / "horizons.json", result)
             continue
         t = time.perf_counter()
         rows, info = measure(run, held_out, args.prefix_steps)

@@ -23,10 +23,10 @@ So Adam's second moment is the **running** average over the planned gradients,
 v_t = β2 v_{t−1} + (1 − β2) g_t(θ0)², bias-corrected, and its momentum likewise: step 0 is exactly the
 real step 0, and later steps differ only in that their gradients are taken at θ0. Why not freeze the
 preconditioner after the first step (v = g_0²)? Adam would then divide every later gradient by |g_0|
-coordinate by coordinate, and each coordinate the first batch did not touch (the embedding rows of tokens
-it does not contain: most of them) would move by η g_t / eps, eps = 1e-8: not a prediction. The running
-average is what the optimizer itself would hold if the gradients did not change, which is the first-order
-assumption already made for the gradients.
+coordinate by coordinate, an unbounded ratio: a coordinate the first batch did not touch (in an untied model
+the embedding row of each token it does not contain) would move by η g_t / eps, eps = 1e-8. Adam's own update
+is bounded per coordinate, and so is the running average's; it is what the optimizer itself would hold if the
+gradients did not change, the first-order assumption already made for the gradients (docs/predict.md).
 
 **Re-linearising after a real prefix** (``prefix_steps`` K): train K real steps (the run's own batches,
 optimizer, schedule and clipping), then linearise again at θ_K for the remaining steps, continuing from
