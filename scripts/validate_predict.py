@@ -206,6 +206,23 @@ def analyse(rows: list[dict], prefix_steps: list[int], permutations: int) -> dic
         x = [r[name] for r in rows]
         table[name] = {"what": what, "spearman": spearman(x, y), "p_value": spearman_permutation_p(x, y, permutations),
                        "rho_with_len_chosen": spearman(x, [r["n_tokens_chosen"] for r in rows])}
+    # Does predict beat each baseline? Paired bootstrap over pairs of ρ(predict) − |ρ(baseline)|, the baseline
+    # taken with the sign it showed (which favours the baseline: its direction was not fixed in advance).
+    rng = np.random.default_rng(0)
+    boot = [rng.integers(0, len(rows), len(rows)) for _ in range(2000)]
+    for k in prefix_steps:
+        key = f"predict_k{k}"
+        x = np.array([r[key] for r in rows])
+        yy = np.array(y)
+        for name in ("logp_chosen", "n_tokens_chosen", "risk", "ches"):
+            if name not in table:
+                continue
+            b = np.array([r[name] for r in rows], dtype=float) * (1 if table[name]["spearman"] >= 0 else -1)
+            diffs = np.array([spearman(x[i], yy[i]) - spearman(b[i], yy[i]) for i in boot])
+            diffs = diffs[np.isfinite(diffs)]
+            table[key].setdefault("minus", {})[name] = {
+                "difference": table[key]["spearman"] - abs(table[name]["spearman"]),
+                "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))]}
     d = np.array(y)
     summary = {"n_pairs": len(rows), "mean_d_logp_chosen": float(d.mean()), "frac_chosen_fell": float((d < 0).mean()),
                "mean_d_logp_rejected": float(np.mean([r["d_logp_rejected"] for r in rows]))}
@@ -228,6 +245,9 @@ def print_tables(case: str, results: dict) -> None:
         p = c["p_value"]
         print(f"| {c['what']} | {c['spearman']:+.3f} | {p:.3f} | {c['rho_with_len_chosen']:+.2f} |"
               if p >= 0.001 else f"| {c['what']} | {c['spearman']:+.3f} | <0.001 | {c['rho_with_len_chosen']:+.2f} |")
+    for key, c in results["correlations"].items():
+        for name, v in c.get("minus", {}).items():
+            print(f"{key} − |{name}|: {v['difference']:+.3f} [95% bootstrap {v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]")
     for key, v in s.items():
         if key.startswith("predict_k"):
             print(f"{key}: mean predicted {v['mean_predicted']:+.3f}, Pearson {v['pearson']:+.3f}, sign agreement "
