@@ -197,3 +197,24 @@ def test_on_policy_plan_is_refused(tmp_path, probes_file, capsys):
                  str(tmp_path / "t.jsonl")])
     assert code == 2 and "on-policy phase cannot be planned" in capsys.readouterr().err
     assert not (tmp_path / "t.jsonl").exists()
+
+
+def test_a_plan_from_a_toml_file_or_a_run_directory(tmp_path, probes_file, capsys):
+    """--config: a TOML file states its keys (and flags theirs); a run directory's config.json states nothing
+    (every field is there, resolved), so its steps may repeat the data as its run did."""
+    from lldyn.predict import load_plan
+
+    toml = tmp_path / "plan.toml"
+    toml.write_text('model = "tiny-random-llama"\nepochs = 1.0\nbatch_size = 2\n')
+    plan, stated = load_plan(str(toml), {"steps": 5, "lr": None})
+    assert plan.steps == 5 and plan.epochs == 1.0 and stated == {"model", "epochs", "batch_size", "steps"}
+    run = train(cfg_(tmp_path, method="sft", steps=5, lr=1e-3), progress=False).run.path  # 5 steps > 1 epoch of 8
+    plan, stated = load_plan(str(run), {"lr": 1e-2})
+    assert (plan.method, plan.steps, plan.lr, stated) == ("sft", 5, 1e-2, {"lr"})
+    out = tmp_path / "t.jsonl"
+    assert main(["predict", "--config", str(run), "--probes", str(probes_file), "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == len(PROBES)
+    code = main(["predict", "--config", str(toml), *TINY_FLAGS, "--steps", "5", "--probes", str(probes_file),
+                 "--out", str(out.with_name("u.jsonl"))])
+    assert code == 2 and "hold only 4 steps" in capsys.readouterr().err
+    assert not out.with_name("u.jsonl").exists()

@@ -30,6 +30,7 @@ import pytest
 
 from lldyn.cli import COMMANDS, main
 
+SRC = Path(__file__).resolve().parents[1] / "src"
 PAIRS = [{"id": f"p{i}", "prompt": f"What is {i} plus {i}?", "chosen": f"It is {2 * i}.",
           "rejected": f"Maybe {i + 7}, or so."} for i in range(6)]
 
@@ -353,7 +354,8 @@ def run_case(case: Case, root: Path, capsys, monkeypatch) -> tuple[int, str, str
         proc = subprocess.run([sys.executable, "-m", "lldyn.cli", *case.argv], cwd=root, capture_output=True,
                               text=True, timeout=300,
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                                   "PYTHONPATH": str(root), **env})
+                                   # this checkout's lldyn, not whichever one the environment has installed
+                                   "PYTHONPATH": os.pathsep.join([str(root), str(SRC)]), **env})
         return proc.returncode, proc.stdout, proc.stderr
     monkeypatch.chdir(root)
     monkeypatch.syspath_prepend(str(root))
