@@ -103,7 +103,7 @@ def test_k_step_sgd_phase_equals_the_sum_of_per_step_predictions_at_theta0(tmp_p
                max_grad_norm=clip)
     pred = predict_phase(cfg, PROBES)
     assert float(delta_sum.abs().max()) > 1e-3
-    assert float((pred.predicted - delta_sum).abs().max()) <= 1e-5 + 1e-4 * float(delta_sum.abs().max())
+    assert float((pred.predicted - delta_sum).abs().max()) <= 1e-5  # of values up to ~9 nats
 
 
 def test_the_real_prefix_is_the_training_loops_first_steps(tmp_path):
