@@ -86,7 +86,7 @@ def test_k_step_sgd_phase_equals_the_sum_of_per_step_predictions_at_theta0(tmp_p
     grads, norms = [], []
     for t in range(steps):
         batch = micro_batch(examples, base, 0, t)
-        logp = lambda e: sequence_logps(model, collate([e], tok.pad_token_id)).logps[0]  # noqa: E731
+        logp = lambda e: sequence_logps(model, collate([e], tok.pad_token_id)).logps[0]
         chosen = torch.stack([logp(e.chosen_ids) for e in batch])
         rejected = torch.stack([logp(e.rejected_ids) for e in batch])
         loss = dpo_loss(chosen, rejected, chosen.detach(), rejected.detach(), beta).loss
