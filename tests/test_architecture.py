@@ -17,7 +17,7 @@ LAYERS = (
     ("rundir", "runs", "distributed"),
     ("generation", "probes", "rephrase", "tracking", "serve"),
     ("decompose", "squeeze", "preferences", "judge", "summary"),
-    ("train",),
+    ("train", "predict"),
     ("integrations", "report"),
     ("experiments",),
     ("commands", "cli"),

@@ -30,6 +30,7 @@ import pytest
 
 from lldyn.cli import COMMANDS, main
 
+SRC = Path(__file__).resolve().parents[1] / "src"
 PAIRS = [{"id": f"p{i}", "prompt": f"What is {i} plus {i}?", "chosen": f"It is {2 * i}.",
           "rejected": f"Maybe {i + 7}, or so."} for i in range(6)]
 
@@ -253,6 +254,14 @@ CASES = [
                              "--limit", "0"), ("field 'limit'", "limit must be >= 1", "expected a positive")),
     Case("flag-steps-zero", ("train", "--steps", "0", "--out", "run"),
          ("field 'steps'", "must be > 0, got 0", "expected a positive integer")),
+    Case("flag-predict-steps-beyond-epochs",
+         ("predict", "--model", "tiny-random-llama", "--data", "pairs.jsonl", "--pairs", "pairs.jsonl", "--steps", "4",
+          "--epochs", "1", "--batch-size", "2", "--max-length", "64", "--max-prompt-tokens", "32", "--out", "t.jsonl"),
+         ("pairs.jsonl", "field 'steps'", "the plan says 4 steps and 1 epoch,", "hold only 3 steps",
+          "expected --steps <= 3"), data("pairs.jsonl", jsonl(PAIRS)), subprocess=True),
+    Case("flag-predict-later-phase-without-start",
+         ("predict", "--method", "sft_dpo", "--phase", "dpo", "--pairs", "pairs.jsonl", "--out", "t.jsonl"),
+         ("field 'start'", "starts where phase 'sft' ends", "expected --start MODEL"), data("pairs.jsonl", jsonl(PAIRS))),
     Case("flag-batch-size-zero", ("judge", *RUN_NEEDS, "--prompts", "builtin:test", "--batch-size", "0",
                                   "--out", "judged"), ("field 'batch-size'", "must be >= 1", "expected")),
     Case("flag-port-out-of-range", ("serve", "--model", "tiny-random-llama", "--port", "70000"),
@@ -345,7 +354,8 @@ def run_case(case: Case, root: Path, capsys, monkeypatch) -> tuple[int, str, str
         proc = subprocess.run([sys.executable, "-m", "lldyn.cli", *case.argv], cwd=root, capture_output=True,
                               text=True, timeout=300,
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                                   "PYTHONPATH": str(root), **env})
+                                   # this checkout's lldyn, not whichever one the environment has installed
+                                   "PYTHONPATH": os.pathsep.join([str(root), str(SRC)]), **env})
         return proc.returncode, proc.stdout, proc.stderr
     monkeypatch.chdir(root)
     monkeypatch.syspath_prepend(str(root))

@@ -20,6 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "judge",
     "kernel",
     "mnist",
+    "predict",
     "probes",
     "report",
     "reproduce",
