@@ -6,7 +6,8 @@ Layout::
     RUN/
       config.json            resolved config of the run (no secrets); a re-run with another config is refused
       metrics.jsonl          append-only; one row per logged event: TrainRow, TrackSummary (probe evaluation),
-                             StoppedRow (non-finite loss), each with its ``step`` and ``event``
+                             StoppedRow (non-finite loss), AlarmRow (an alarm fired), each with its ``step``
+                             and ``event``
       probes.jsonl           the probe set the run tracks (static families)
       initial_samples.jsonl  the starting model's greedy responses (the ``initial_sample`` probe family)
       policy_samples.jsonl   GRPO: the starting policy's own samples of the probe prompts, split by the reward
@@ -231,8 +232,31 @@ class StoppedRow:
                    {k: v for k, v in row.items() if k not in own})
 
 
-MetricsRow = Union[TrainRow, TrackSummary, StoppedRow]
-ROW_TYPES: dict[str, type] = {t.EVENT: t for t in (TrainRow, TrackSummary, StoppedRow)}
+@dataclass(frozen=True)
+class AlarmRow:
+    """An alarm fired at the probe evaluation of ``step``: ``alarm`` (its name, e.g. ``lld``), ``since_step`` (the
+    evaluation its current run of alarms is measured from) and what it measured (``stats``)."""
+
+    EVENT = "alarm"
+    step: int
+    alarm: str
+    since_step: int | None
+    stats: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "event": self.EVENT, "alarm": self.alarm, "since_step": self.since_step,
+                **self.stats}
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> "AlarmRow":
+        own = ("step", "event", "alarm", "since_step")
+        since = row.get("since_step")
+        return cls(int(row["step"]), str(row.get("alarm", "")), None if since is None else int(since),
+                   {k: v for k, v in row.items() if k not in own})
+
+
+MetricsRow = Union[TrainRow, TrackSummary, StoppedRow, AlarmRow]
+ROW_TYPES: dict[str, type] = {t.EVENT: t for t in (TrainRow, TrackSummary, StoppedRow, AlarmRow)}
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -354,6 +378,9 @@ class RunDir:
 
     def stopped_rows(self) -> list[StoppedRow]:
         return self._rows(StoppedRow)
+
+    def alarm_rows(self) -> list[AlarmRow]:
+        return self._rows(AlarmRow)
 
     def metrics_rows(self) -> list[MetricsRow]:
         """Every metrics row, typed, in the order it was logged."""
