@@ -369,7 +369,7 @@ def lld_verdict(delta_correct: float | None, delta_incorrect: float | None, rewa
         return "not measured (no correct sample among the starting policy's samples of the probe prompts)"
     reward = f"reward {reward_first:.3f} -> {reward_last:.3f}"
     if delta_correct <= 0:
-        return (f"shows: the correct samples' log pi fell by {-delta_correct:.3f} nats ({reward})")
+        return f"shows: the correct samples' log pi changed by {delta_correct:+.3f} nats, no rise ({reward})"
     if delta_incorrect is not None and delta_incorrect >= delta_correct:
         return (f"shows: the correct samples' log pi rose by {delta_correct:.3f} nats, no more than the incorrect "
                 f"samples' ({delta_incorrect:+.3f}; {reward})")

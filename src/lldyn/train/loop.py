@@ -194,8 +194,8 @@ def start_job(cfg: TrainConfig, resume: bool, decomposer: Any, callbacks: Sequen
     run = procs.from_main(lambda: RunDir.create(cfg.out, run_config(cfg), resume=resume))
     job = Job(cfg, procs, run, lm.model, lm.tokenizer, params, encoder, pairs, plan, phase_data, source, reward,
               first, rows, progress=progress)
+    job.tracker = make_tracker(job, callbacks)  # first: GRPO's policy samples are decomposed too
     job.decomposer = decomposer if decomposer is not None else make_decomposer(job)
-    job.tracker = make_tracker(job, callbacks)
     find_resume_point(job, resume)
     return job
 
@@ -231,8 +231,9 @@ def make_decomposer(job: Job) -> Any:
     from lldyn.decompose.llm import DecomposeConfig, StepDecomposer
     from lldyn.probes import ProbeSet
 
+    samples = job.tracker.policy_samples if job.tracker is not None else ()
     return StepDecomposer(job.tokenizer, ProbeSet.coerce(cfg.probes), job.run,
-                          DecomposeConfig(score=cfg.scoring(), every=cfg.decompose_every))
+                          DecomposeConfig(score=cfg.scoring(), every=cfg.decompose_every), samples=samples)
 
 
 def make_tracker(job: Job, callbacks: Sequence[Callable]) -> Any:
