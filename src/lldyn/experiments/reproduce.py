@@ -48,8 +48,8 @@ from lldyn.train import TrainConfig, run_train_config, train
 EXPERIMENTS = ("sft", "dpo", "extend", "grpo")
 HH_RLHF = "hf:Anthropic/hh-rlhf/harmless-base"
 QUICK = {"steps": 3, "sft_steps": 2, "eval_every": 2, "batch_size": 2}
-# GRPO's smoke test: two steps of one prompt's 2 completions each, both tracked and decomposed
-QUICK_GRPO = {"steps": 2, "eval_every": 1, "decompose_every": 1, "batch_size": 2, "num_generations": 2,
+# GRPO's smoke test: two steps of one prompt's 4 completions each, both tracked and decomposed
+QUICK_GRPO = {"steps": 2, "eval_every": 1, "decompose_every": 1, "batch_size": 4, "num_generations": 4,
               "max_completion_length": 8}
 HELD_OUT_FILE = "held_out_dpo.jsonl"
 GREEDY_FILE = "greedy_accuracy.jsonl"  # GRPO: the held-out prompts' greedy completions before and after
@@ -362,19 +362,20 @@ class GRPOSummary:
 
 
 def lld_verdict(delta_correct: float | None, delta_incorrect: float | None, reward_first: float,
-                reward_last: float) -> str:
-    """Whether lazy likelihood displacement shows (Deng, Ren et al. 2025, Sec. 3: the correct responses' log π
-    rises only marginally or falls while the reward rises), in words, from the measured changes."""
+                reward_last: float, alarms: int) -> str:
+    """Whether lazy likelihood displacement shows (Deng, Ren et al. 2025, Sec. 3: while the reward rises, the
+    correct responses' log π rises only marginally or falls), in words, from the measured changes; ``alarms``:
+    the evaluations at which the run's live LLD alarm (:mod:`lldyn.squeeze.lld`) fired."""
     if delta_correct is None:
         return "not measured (no correct sample among the starting policy's samples of the probe prompts)"
-    reward = f"reward {reward_first:.3f} -> {reward_last:.3f}"
+    moved = (f"the correct samples' log pi changed by {delta_correct:+.3f} nats, the incorrect samples' by "
+             f"{'n/a' if delta_incorrect is None else f'{delta_incorrect:+.3f}'}, reward {reward_first:.3f} -> "
+             f"{reward_last:.3f}; the live LLD alarm fired at {alarms} evaluation(s)")
+    if reward_last <= reward_first:
+        return f"not testable: the reward did not rise ({moved})"
     if delta_correct <= 0:
-        return f"shows: the correct samples' log pi changed by {delta_correct:+.3f} nats, no rise ({reward})"
-    if delta_incorrect is not None and delta_incorrect >= delta_correct:
-        return (f"shows: the correct samples' log pi rose by {delta_correct:.3f} nats, no more than the incorrect "
-                f"samples' ({delta_incorrect:+.3f}; {reward})")
-    return (f"does not show as a fall: the correct samples' log pi rose by {delta_correct:.3f} nats, the incorrect "
-            f"samples' changed by {'n/a' if delta_incorrect is None else f'{delta_incorrect:+.3f}'} ({reward})")
+        return f"shows: {moved}"
+    return f"does not show as a fall ({moved}); whether the rise is marginal is for the reader"
 
 
 def greedy_completions(model: Any, tokenizer: Any, prompts: list[PromptExample], cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -440,7 +441,8 @@ def grpo_summary(run_dir: str | Path, greedy: list[dict[str, Any]]) -> GRPOSumma
         delta_correct=d_correct, delta_incorrect=d_incorrect, delta_chosen=delta.get("chosen"),
         decomposed_steps=len(by_step), correct_positive=pos, correct_negative=neg,
         correct_predicted=summed(lambda r: r["predicted"]), correct_actual=summed(lambda r: r["actual"]),
-        negative_share=share, lld=lld_verdict(d_correct, d_incorrect, first, final))
+        negative_share=share, lld=lld_verdict(d_correct, d_incorrect, first, final,
+                                              sum(a.alarm == "lld" for a in run.alarm_rows())))
 
 
 def run_grpo_analysis(e: Experiment) -> ReproduceResult:
