@@ -112,6 +112,27 @@ def test_reproduce_grpo_quick_on_the_tiny_model(tmp_path):
             assert r["logp_before"] == pytest.approx(step0[(prompt_id, int(sample))], abs=1e-4)
 
 
+@pytest.mark.parametrize("change, needle", [
+    (('probe_families = ["chosen", "rejected"]', 'probe_families = ["chosen", "nope"]'),
+     "field 'experiment.probe_families': unknown probe families ['nope']"),
+    (('probe_select = "spread"', 'probe_select = "best"'), "field 'experiment.probe_select': unknown selection 'best'"),
+    (('num_generations = 4', 'num_generations = 1'), "GRPO needs at least 2 completions per prompt"),
+    (('loss_type = "dapo"', 'loss_type = "ppo"'), "unknown GRPO loss type 'ppo'"),
+    (('data = "builtin:train"', 'data = "pairs.jsonl"'), "pairs.jsonl, field 'answer': no pair has a gold answer"),
+])
+def test_reproduce_grpo_bad_config_is_one_clear_error_and_writes_nothing(tmp_path, change, needle):
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Say {i}.", "chosen": "Yes.",
+                                                              "rejected": "No."}) + "\n" for i in range(8)))
+    config = (configs_dir() / "grpo.toml").read_text()
+    assert change[0] in config
+    (tmp_path / "bad.toml").write_text(config.replace(change[0], change[1]))
+    proc = cli("reproduce", "grpo", "--config", "bad.toml", "--model", "tiny-random-llama", "--out", "exp", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and needle in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "exp").exists()
+
+
 def test_lld_verdict_by_hand():
     assert lld_verdict(None, None, 0.1, 0.5, 0).startswith("not measured")
     assert lld_verdict(-0.5, -2.0, 0.5, 0.5, 0).startswith("not testable: the reward did not rise")
