@@ -41,7 +41,7 @@ def test_reproduce_grpo_quick_on_the_tiny_model(tmp_path):
     completions)."""
     (tmp_path / "rewards_here.py").write_text(REWARDS)
     shipped = (configs_dir() / "grpo.toml").read_text()
-    config = shipped.replace('reward = "builtin"', 'reward = "rewards_here:ids_reward"').replace("lr = 2e-5", "lr = 1e-2")
+    config = shipped.replace('reward = "builtin"', 'reward = "rewards_here:ids_reward"').replace("lr = 1e-4", "lr = 1e-2")
     assert config.count("rewards_here") == 1 and "lr = 1e-2" in config
     (tmp_path / "grpo.toml").write_text(config)
     proc = cli("reproduce", "grpo", "--quick", "--config", "grpo.toml", "--model", "tiny-random-llama", "--out", "exp",
