@@ -20,7 +20,7 @@ Per optimizer step after ``--warmup``:
   update      the rest: the forward and backward of the loss, clipping, the optimizer, logging.
 
 The completions are sampled, so their lengths differ between the runs (the RNGs differ): generation is also
-given per generated token (the sum of completion lengths). Prints every run, medians over rounds, the ratios
+given per generated token (the sum of completion lengths). Prints every run, medians over all timed steps of all rounds, the ratios
 (goal: lldyn steps/s ÷ TRL steps/s ≥ 1.0) and where the time goes. Asserts nothing.
 
     python bench/grpo.py [--model smollm2-135m-instruct|tiny-random-llama] [--batch 8] [--num-generations 4]
@@ -269,16 +269,20 @@ def main() -> None:
             runs[kind].append(r)
             print(f"round {rnd + 1}  {describe(r)}  [{r['threads']} threads]", flush=True)
 
-    print("\nmedians over rounds (seconds per timed step):")
-    per = {k: {key: med([totals(r)[key] / a.steps for r in v]) for key in ("step_s", "generation_s", "update_s", "tokens")}
+    # medians over every timed step of every round: one step slowed by a neighbour's burst on a shared machine
+    # moves a mean, not the median
+    print(f"\nmedians over the {a.rounds * a.steps} timed steps of all rounds (seconds per step):")
+    per = {k: {key: med([s[key] for r in v for s in r["steps"]]) for key in ("step_s", "generation_s", "update_s")}
            for k, v in runs.items()}
+    for k, v in runs.items():
+        per[k]["tokens"] = med([t for r in v for t in r["tokens"]])
     for k in KINDS:
         m = per[k]
         print(f"  {k:<6} step {m['step_s']:6.2f}  generation {m['generation_s']:6.2f} "
               f"({100 * m['generation_s'] / m['step_s']:4.1f} %)  update {m['update_s']:6.2f} "
               f"({100 * m['update_s'] / m['step_s']:4.1f} %)  {m['tokens']:6.1f} completion tokens, generation "
               f"{1000 * m['generation_s'] / max(m['tokens'], 1):6.1f} ms/token")
-    trl_sampling = med([sum(x["sampling_s"] for x in r["steps"]) / a.steps for r in runs["trl"]])
+    trl_sampling = med([x["sampling_s"] for r in runs["trl"] for x in r["steps"]])
     print(f"  (TRL's generate() path, _generate: {trl_sampling:.2f} s of its {per['trl']['generation_s']:.2f} s "
           f"generation; the rest is reward, advantages and its bookkeeping)")
     mine, theirs = per["lldyn"], per["trl"]
