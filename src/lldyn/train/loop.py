@@ -68,6 +68,7 @@ class Job:
     reward: Any = None
     first_generation: Generation | None = None
     probe_prompts: list[Any] | None = None  # GRPO: the probe prompts' data rows (gold answers), None without probes
+    policy_samples: list[Any] | None = None  # GRPO: the starting policy's samples of the probe prompts
     tracker: Any = None
     decomposer: Any = None
     checkpoint: Path | None = None
@@ -191,9 +192,12 @@ def start_job(cfg: TrainConfig, resume: bool, decomposer: Any, callbacks: Sequen
     first = sample_generation(lm.model, lm.tokenizer, prompts, reward, cfg, 0, 0, 0,
                               phase_length(plan[0], len(prompts), cfg)) if reward is not None and not resume else None
     rows = grpo_probe_prompts(cfg, prompts, reward) if reward is not None else None
+    samples = grpo_policy_samples(cfg, lm.model, lm.tokenizer, rows, reward, resume)
     run = procs.from_main(lambda: RunDir.create(cfg.out, run_config(cfg), resume=resume))
+    if samples is not None and procs.is_main and run.policy_samples() is None:
+        run.write_policy_samples(samples)
     job = Job(cfg, procs, run, lm.model, lm.tokenizer, params, encoder, pairs, plan, phase_data, source, reward,
-              first, rows, progress=progress)
+              first, rows, samples, progress=progress)
     job.decomposer = decomposer if decomposer is not None else make_decomposer(job)
     job.tracker = make_tracker(job, callbacks)
     find_resume_point(job, resume)
@@ -219,6 +223,22 @@ def grpo_probe_prompts(cfg: TrainConfig, prompts: Sequence[Any], reward: Any) ->
     if cfg.probe_samples == 0:
         return [p for p in pool if p.id in set(ids)]
     return probe_prompts(ids, pool, reward, where=cfg.probes)
+
+
+def grpo_policy_samples(cfg: TrainConfig, model: Any, tokenizer: Any, rows: list[Any] | None, reward: Any,
+                        resume: bool) -> list[Any] | None:
+    """GRPO with probes and ``probe_samples``: the starting policy's samples of the probe prompts, read back from
+    the run being resumed, or drawn now from the starting model (before anything is written: a reward that fails
+    on them is refused first). None when not wanted."""
+    if rows is None or cfg.probe_samples == 0:
+        return None
+    from lldyn.policy_samples import PolicySampleConfig, policy_samples
+
+    config = PolicySampleConfig(n=cfg.probe_samples, max_new_tokens=cfg.max_completion_length,
+                                temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+                                correct_at=cfg.probe_samples_correct_at, template=cfg.template,
+                                max_prompt_tokens=cfg.max_prompt_tokens or None, batch_size=cfg.batch_size)
+    return policy_samples(RunDir(cfg.out) if resume else None, model, tokenizer, rows, reward, config, write=False)
 
 
 def make_decomposer(job: Job) -> Any:
@@ -249,24 +269,17 @@ def make_tracker(job: Job, callbacks: Sequence[Callable]) -> Any:
         first = next(i for i, p in enumerate(job.plan) if p.kind in PREFERENCE_LOSSES)
         start = sum(phase_length(p, len(d), cfg) for p, d in zip(job.plan[:first], job.phase_data[:first]))
         all_callbacks.append(squeeze_alarm(from_step=start))
-    samples, gold = [], None
-    if job.probe_prompts is not None:  # GRPO: the starting policy's own samples, drawn once (read back on resume)
-        from lldyn.policy_samples import PolicySampleConfig, gold_answers, policy_samples
+    gold = None
+    if job.probe_prompts is not None:  # GRPO: gold answers for the y*'s accuracy; the LLD alarm with samples
+        from lldyn.policy_samples import gold_answers
         from lldyn.squeeze import LLDAlarmConfig, lld_alarm
 
         gold = gold_answers(job.probe_prompts)
-        if cfg.probe_samples > 0:
-            samples = policy_samples(job.run, job.model, job.tokenizer, job.probe_prompts, job.reward,
-                                     PolicySampleConfig(n=cfg.probe_samples, max_new_tokens=cfg.max_completion_length,
-                                                        temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-                                                        correct_at=cfg.probe_samples_correct_at, template=cfg.template,
-                                                        max_prompt_tokens=cfg.max_prompt_tokens or None,
-                                                        batch_size=cfg.batch_size), write=job.procs.is_main)
-            if cfg.lld_alarm:
-                all_callbacks.append(lld_alarm(LLDAlarmConfig(cfg.lld_reward_rise, cfg.lld_logp_rise)))
+        if job.policy_samples is not None and cfg.lld_alarm:
+            all_callbacks.append(lld_alarm(LLDAlarmConfig(cfg.lld_reward_rise, cfg.lld_logp_rise)))
     return Tracker(job.model, job.tokenizer, cfg.probes, job.run, every=cfg.eval_every, score_config=cfg.scoring(),
                    callbacks=all_callbacks, initial_sample=cfg.initial_sample, progress=False,
-                   processes=job.procs, policy_samples=samples, gold=gold)
+                   processes=job.procs, policy_samples=job.policy_samples or (), gold=gold)
 
 
 def find_resume_point(job: Job, resume: bool) -> None:
