@@ -98,6 +98,12 @@ def run(args: argparse.Namespace) -> int:
         print("change since step 0 (nats): " + ", ".join(
             f"{k} {v:+.2f}" for k, v in d.items()
             if k in ("chosen", "rejected", "argmax", "other_chosen", "sample_correct", "sample_incorrect")))
+        from lldyn.summary import WHAT_MOVED, what_moved
+
+        lines = what_moved([result.run.path])
+        if lines:
+            print(WHAT_MOVED)
+            print("\n".join(lines))
     return 0
 
 
