@@ -9,21 +9,21 @@ pass is shared by a prompt's ~12 responses) and derives the evaluation-time fami
   (``initial_samples.jsonl`` in the run directory) and scored like any other probe;
 * ``sample_correct`` / ``sample_incorrect`` (GRPO) — the starting policy's own samples of the probe prompts,
   split by the reward (:mod:`lldyn.policy_samples`; several per prompt, told apart by the row's ``sample``
-  index); the exact sampled tokens are scored in the same engine call.
-
+  index); the exact sampled tokens are scored in the same engine call;
 * ``greedy`` (with ``greedy``, a generation config) — the current model's free-running greedy answer to
   each probe prompt, generated at every evaluation and scored in the same engine call (its ``text`` is in
-  the row).
+  the row; its log π is of the current answer, so its change compares different answers).
 
 With gold answers (``gold``), the summary's signals also hold ``accuracy_argmax``: the share of probe
 prompts whose y* text states the gold answer (:func:`lldyn.rewards.states_gold_answer`). y* is the
 teacher-forced argmax along y+ (free of any generation), so it is the answer the model would put at
 y+'s positions; it misses an answer that y+ opens with (y* predicts its first token before seeing it).
-With ``greedy`` they also hold ``accuracy_greedy``: the same share for the greedy answers. With policy samples they hold ``logp_sample_correct`` and
-``logp_sample_incorrect`` (family means); ``track(step, signals)`` adds the caller's own (GRPO: ``reward``,
-the mean training reward since the previous evaluation), before the callbacks see the summary.
+With ``greedy`` they also hold ``accuracy_greedy``: the same share for the greedy answers. With policy
+samples they hold ``logp_sample_correct`` and ``logp_sample_incorrect`` (family means);
+``track(step, signals)`` adds the caller's own (GRPO: ``reward``, the mean training reward since the
+previous evaluation), before the callbacks see the summary.
 
-Per evaluation the tracker writes one row per (step, prompt_id, family) to the run's probe table
+Per evaluation the tracker writes one row per (step, prompt_id, family[, sample]) to the run's probe table
 (``step, prompt_id, family, logp, n_tokens, mean_logp, top1, entropy``; argmax rows also carry
 the y* ``text``) and one :class:`~lldyn.rundir.TrackSummary` to its metrics: per-family means, mean
 changes since the first evaluation, the squeeze signals and the keys returned by callbacks.
