@@ -70,14 +70,16 @@ def test_differentiable_path_matches_scoring_and_has_gradients(tiny_fresh):
     model, tok = tiny_fresh.model, tiny_fresh.tokenizer
     enc = Encoder(tok, ScoreConfig())
     pairs = [enc.pair(r.prompt, r.response) for r in REQUESTS]
-    grads = []
+    grad_plain = None  # the gradient without head checkpointing, from the first pass
     for ckpt in (False, True):
         stats = sequence_logps(model, collate(pairs, tok.pad_token_id), checkpoint_head=ckpt)
         stats.logps.sum().backward()
-        grads.append(model.lm_head.weight.grad.clone())
+        grad = model.lm_head.weight.grad.clone()
         model.zero_grad()
-        assert grads[-1].abs().sum() > 0
-    assert torch.allclose(grads[1], grads[0], atol=1e-6)  # the checkpointed head gives the plain head's gradient
+        assert grad.abs().sum() > 0
+        if ckpt:
+            assert torch.allclose(grad, grad_plain, atol=1e-6)
+        grad_plain = grad
     scored = score(model, tok, REQUESTS)
     assert stats.logps.detach().tolist() == pytest.approx([r.logp for r in scored], abs=1e-5)
 

@@ -68,6 +68,7 @@ class Job:
     reward: Any = None
     first_generation: Generation | None = None
     probe_prompts: list[Any] | None = None  # GRPO: the probe prompts' data rows (gold answers), None without probes
+    policy_samples: list[Any] | None = None  # GRPO: the starting policy's samples of the probe prompts
     tracker: Any = None
     decomposer: Any = None
     checkpoint: Path | None = None
@@ -191,11 +192,14 @@ def start_job(cfg: TrainConfig, resume: bool, decomposer: Any, callbacks: Sequen
     first = sample_generation(lm.model, lm.tokenizer, prompts, reward, cfg, 0, 0, 0,
                               phase_length(plan[0], len(prompts), cfg)) if reward is not None and not resume else None
     rows = grpo_probe_prompts(cfg, prompts, reward) if reward is not None else None
+    samples = grpo_policy_samples(cfg, lm.model, lm.tokenizer, rows, reward, resume)
     run = procs.from_main(lambda: RunDir.create(cfg.out, run_config(cfg), resume=resume))
+    if samples is not None and procs.is_main and run.policy_samples() is None:
+        run.write_policy_samples(samples)
     job = Job(cfg, procs, run, lm.model, lm.tokenizer, params, encoder, pairs, plan, phase_data, source, reward,
-              first, rows, progress=progress)
-    job.tracker = make_tracker(job, callbacks)  # first: GRPO's policy samples are decomposed too
+              first, rows, samples, progress=progress)
     job.decomposer = decomposer if decomposer is not None else make_decomposer(job)
+    job.tracker = make_tracker(job, callbacks)
     find_resume_point(job, resume)
     return job
 
@@ -221,6 +225,22 @@ def grpo_probe_prompts(cfg: TrainConfig, prompts: Sequence[Any], reward: Any) ->
     return probe_prompts(ids, pool, reward, where=cfg.probes)
 
 
+def grpo_policy_samples(cfg: TrainConfig, model: Any, tokenizer: Any, rows: list[Any] | None, reward: Any,
+                        resume: bool) -> list[Any] | None:
+    """GRPO with probes and ``probe_samples``: the starting policy's samples of the probe prompts, read back from
+    the run being resumed, or drawn now from the starting model (before anything is written: a reward that fails
+    on them is refused first). None when not wanted."""
+    if rows is None or cfg.probe_samples == 0:
+        return None
+    from lldyn.policy_samples import PolicySampleConfig, policy_samples
+
+    config = PolicySampleConfig(n=cfg.probe_samples, max_new_tokens=cfg.max_completion_length,
+                                temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+                                correct_at=cfg.probe_samples_correct_at, template=cfg.template,
+                                max_prompt_tokens=cfg.max_prompt_tokens or None, batch_size=cfg.batch_size)
+    return policy_samples(RunDir(cfg.out) if resume else None, model, tokenizer, rows, reward, config, write=False)
+
+
 def make_decomposer(job: Job) -> Any:
     """The decomposition hook of ``--decompose-every`` (None when off)."""
     cfg = job.cfg
@@ -231,7 +251,7 @@ def make_decomposer(job: Job) -> Any:
     from lldyn.decompose.llm import DecomposeConfig, StepDecomposer
     from lldyn.probes import ProbeSet
 
-    samples = job.tracker.policy_samples if job.tracker is not None else ()
+    samples = job.policy_samples or ()  # GRPO: the starting policy's samples are decomposed too
     return StepDecomposer(job.tokenizer, ProbeSet.coerce(cfg.probes), job.run,
                           DecomposeConfig(score=cfg.scoring(), every=cfg.decompose_every), samples=samples)
 
@@ -250,24 +270,21 @@ def make_tracker(job: Job, callbacks: Sequence[Callable]) -> Any:
         first = next(i for i, p in enumerate(job.plan) if p.kind in PREFERENCE_LOSSES)
         start = sum(phase_length(p, len(d), cfg) for p, d in zip(job.plan[:first], job.phase_data[:first]))
         all_callbacks.append(squeeze_alarm(from_step=start))
-    samples, gold = [], None
-    if job.probe_prompts is not None:  # GRPO: the starting policy's own samples, drawn once (read back on resume)
-        from lldyn.policy_samples import PolicySampleConfig, gold_answers, policy_samples
+    gold, greedy = None, None
+    if job.probe_prompts is not None:  # GRPO: greedy answers and their accuracy; the LLD alarm with samples
+        from lldyn.generation import GenerationConfig
+        from lldyn.policy_samples import gold_answers
         from lldyn.squeeze import LLDAlarmConfig, lld_alarm
 
         gold = gold_answers(job.probe_prompts)
-        if cfg.probe_samples > 0:
-            samples = policy_samples(job.run, job.model, job.tokenizer, job.probe_prompts, job.reward,
-                                     PolicySampleConfig(n=cfg.probe_samples, max_new_tokens=cfg.max_completion_length,
-                                                        temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-                                                        correct_at=cfg.probe_samples_correct_at, template=cfg.template,
-                                                        max_prompt_tokens=cfg.max_prompt_tokens or None,
-                                                        batch_size=cfg.batch_size), write=job.procs.is_main)
-            if cfg.lld_alarm:
-                all_callbacks.append(lld_alarm(LLDAlarmConfig(cfg.lld_reward_rise, cfg.lld_logp_rise)))
+        if cfg.probe_greedy:
+            greedy = GenerationConfig(max_new_tokens=cfg.max_completion_length, template=cfg.template,
+                                      batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens or None)
+        if job.policy_samples is not None and cfg.lld_alarm:
+            all_callbacks.append(lld_alarm(LLDAlarmConfig(cfg.lld_reward_rise, cfg.lld_logp_rise)))
     return Tracker(job.model, job.tokenizer, cfg.probes, job.run, every=cfg.eval_every, score_config=cfg.scoring(),
                    callbacks=all_callbacks, initial_sample=cfg.initial_sample, progress=False,
-                   processes=job.procs, policy_samples=samples, gold=gold)
+                   processes=job.procs, policy_samples=job.policy_samples or (), gold=gold, greedy=greedy)
 
 
 def find_resume_point(job: Job, resume: bool) -> None:
