@@ -16,7 +16,7 @@ LAYERS = (
      "rewards"),
     ("rundir", "runs", "distributed"),
     ("generation", "probes", "rephrase", "tracking", "serve"),
-    ("decompose", "squeeze", "preferences", "judge", "summary"),
+    ("decompose", "squeeze", "preferences", "judge", "summary", "lld"),
     ("train", "predict"),
     ("integrations", "report"),
     ("experiments",),
