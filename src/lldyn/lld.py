@@ -30,7 +30,7 @@ mixed group); a group without both gets weights 1.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Sequence
 
 import torch
@@ -136,3 +136,162 @@ def nthr_weights(features: Sequence[TokenFeatures], advantages: Sequence[float],
             weights.append(w)
             scores.append(torch.zeros(0, dtype=torch.float64))
     return GroupNTHR(weights, scores, tau)
+
+
+# --------------------------------------------------------------------------- LLD risk per prompt, before training
+#
+# For each prompt, ``num_generations`` completions sampled from the starting policy (seeded), scored by the GRPO
+# reward and split by the sign of their group advantage, as GRPO's first step would see them. Every score is
+# "higher = more exposed to LLD" (the correct completions' log π falls, or rises least, when GRPO trains on the
+# prompt); with H_i = Σ_t h_it the summed hidden states of completion i, A its advantage, C / I the correct /
+# incorrect completions:
+#
+#   gwhes       group-weighted hidden embedding score (this module's reading of the paper's GWHES; CHES of Razin
+#               et al. 2024 extended to a group): (1/|C|) Σ_{i∈C} [Σ_{j∈I} |A_j|⟨H_i, H_j⟩ − Σ_{i'∈C} A_i'⟨H_i, H_i'⟩]
+#               — the incorrect completions' pull on the correct ones minus the correct ones' own push;
+#   gwhes_ln    the same with mean instead of summed hidden states (length-normalised, as CHES's ches_ln);
+#   hidden_cos  squeeze-risk-style alternative: mean cosine of the mean hidden states of correct and incorrect;
+#   entk_pull   the first-order drop of the correct completions' log π (per token) under the group's own GRPO
+#               gradient (dapo, on-policy, β = 0) through the output layer: −(1/|C|) Σ_{i∈C} (1/|y_i|) Σ_j (A_j/N)
+#               Σ_{t∈i, u∈j} κ(t, u), N the group's tokens;
+#   nthr_flagged  the share of the incorrect completions' tokens NTHR (default settings) would scale down;
+# and the trivial baselines init_logp (mean log π of the correct completions, the engine's), length (their mean
+# number of tokens) and frac_correct. A prompt whose group is all correct or all incorrect gets no GRPO gradient
+# at its first step: its scores are NaN and it is listed last.
+
+RISK_SCORES = ("gwhes", "gwhes_ln", "hidden_cos", "entk_pull", "nthr_flagged")
+RISK_BASELINES = ("init_logp", "length", "frac_correct")
+
+
+@dataclass(frozen=True)
+class LLDRiskConfig:
+    """How the starting policy's completions are drawn (as ``lldyn train --method grpo`` would draw them)."""
+
+    num_generations: int = 8
+    max_completion_length: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    template: bool = True
+    max_prompt_tokens: int | None = 256
+    batch_size: int = 8
+    scale_rewards: str = "group"
+
+    def __post_init__(self) -> None:
+        check(self.num_generations >= 2, "num_generations", f"must be >= 2, got {self.num_generations}",
+              "at least 2 completions per prompt (a group)")
+        check(self.max_completion_length > 0, "max_completion_length", f"must be > 0, got "
+              f"{self.max_completion_length}", "a positive number of tokens")
+
+
+@dataclass(frozen=True)
+class PromptRisk:
+    """One row of the risk table: the prompt, its group's split, every score, and the correct completions as
+    sampled (``correct_ids``: their token ids, EOS included when generated; ``prompt_ids``: the prompt's tokens),
+    so that their log π can be measured again after training."""
+
+    id: str
+    prompt: Any
+    n_correct: int
+    n_incorrect: int
+    gwhes: float
+    gwhes_ln: float
+    hidden_cos: float
+    entk_pull: float
+    nthr_flagged: float
+    init_logp: float
+    length: float
+    frac_correct: float
+    prompt_ids: tuple[int, ...]
+    correct_ids: tuple[tuple[int, ...], ...]
+    correct_logps: tuple[float, ...]
+    rank: int = 0
+
+    @property
+    def informative(self) -> bool:
+        """Whether GRPO's first step has a gradient on this prompt (both correct and incorrect completions)."""
+        return self.n_correct > 0 and self.n_incorrect > 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "informative": self.informative}
+
+
+def group_risk(features: Sequence[TokenFeatures], advantages: Sequence[float]) -> dict[str, float]:
+    """The scores of one group (the block comment above): ``features`` and ``advantages`` per completion."""
+    nan = float("nan")
+    C = [i for i, a in enumerate(advantages) if a > 0]
+    I = [j for j, a in enumerate(advantages) if a < 0]  # noqa: E741
+    if not C or not I:
+        return dict.fromkeys(RISK_SCORES, nan)
+    sums = torch.stack([f.hidden.sum(0) for f in features])
+    means = torch.stack([f.hidden.mean(0) for f in features])
+    A = torch.tensor(list(advantages), dtype=torch.float64)
+
+    def weighted(H: torch.Tensor) -> float:
+        pull = [sum(abs(A[j]) * H[i] @ H[j] for j in I) - sum(A[k] * H[i] @ H[k] for k in C) for i in C]
+        return float(sum(pull) / len(C))
+
+    unit = means / means.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    cos = float(torch.stack([unit[i] @ unit[j] for i in C for j in I]).mean())
+    n_tokens = sum(f.hidden.shape[0] for f in features)
+    pull = []
+    for i in C:
+        step = sum(float(A[j]) / n_tokens * float(token_kernel(features[i], features[j]).sum())
+                   for j in range(len(features)) if A[j] != 0)
+        pull.append(-step / features[i].hidden.shape[0])
+    nthr = nthr_weights(features, advantages)
+    flagged = sum(int((nthr.weights[j] != 1.0).sum()) for j in I) / sum(features[j].hidden.shape[0] for j in I)
+    return {"gwhes": weighted(sums), "gwhes_ln": weighted(means), "hidden_cos": cos,
+            "entk_pull": sum(pull) / len(pull), "nthr_flagged": flagged}
+
+
+def rank_risks(risks: Sequence[PromptRisk]) -> list[PromptRisk]:
+    """Riskiest first by GWHES (ties and the uninformative prompts, listed last, by id): ``rank`` 1, 2, …"""
+    def key(r: PromptRisk):
+        return (not r.informative, -r.gwhes if r.informative else 0.0, r.id)
+
+    return [replace(r, rank=k + 1) for k, r in enumerate(sorted(risks, key=key))]
+
+
+def lld_risk(model: Any, tokenizer: Any, prompts: Sequence[Any], reward: Any, config: LLDRiskConfig = LLDRiskConfig(),
+             progress: bool = False) -> list[PromptRisk]:
+    """The LLD risk of every prompt at the model's current weights, ranked (:func:`rank_risks`).
+
+    Args:
+        prompts: :class:`lldyn.data.PromptExample` rows (with the fields ``reward`` needs, e.g. a gold answer).
+        reward: a :class:`lldyn.rewards.RewardFunction`.
+    The completions of every prompt are sampled with one seed for the whole call (:func:`lldyn.generation.sample`,
+    prompt order as given), so the table is a function of (model, prompts, config).
+    """
+    from lldyn.generation import GenerationConfig, sample
+    from lldyn.losses import group_advantages
+    from lldyn.rewards import TrainerState, reward_inputs
+    from lldyn.scoring import score_encoded
+
+    G = config.num_generations
+    batch = [p for p in prompts for _ in range(G)]
+    samples = sample(model, tokenizer, [p.prompt for p in batch], GenerationConfig(
+        max_new_tokens=config.max_completion_length, do_sample=True, temperature=config.temperature,
+        top_p=config.top_p, seed=config.seed, template=config.template, batch_size=config.batch_size,
+        max_prompt_tokens=config.max_prompt_tokens), progress=progress)
+    row_prompts, completions, kwargs = reward_inputs(batch, samples, TrainerState(0, 0))
+    values = torch.tensor(reward(row_prompts, completions, **kwargs), dtype=torch.float32)
+    advantages = group_advantages(values, G, config.scale_rewards).advantages.tolist()
+    pad_id = tokenizer.pad_token_id
+    out = []
+    for g, p in enumerate(prompts):
+        group = samples[g * G:(g + 1) * G]
+        adv = advantages[g * G:(g + 1) * G]
+        encoded = [EncodedPair(s.prompt_ids, s.completion_ids) for s in group]
+        correct = [k for k, a in enumerate(adv) if a > 0]
+        scores = group_risk(token_features(model, encoded, pad_id), adv)
+        logps = [r.logp for r in score_encoded(model, [encoded[k] for k in correct], pad_id)] if correct else []
+        nan = float("nan")
+        out.append(PromptRisk(
+            id=p.id, prompt=p.prompt, n_correct=len(correct), n_incorrect=sum(a < 0 for a in adv), **scores,
+            init_logp=sum(logps) / len(logps) if logps else nan,
+            length=sum(len(encoded[k].response_ids) for k in correct) / len(correct) if correct else nan,
+            frac_correct=len(correct) / G,
+            prompt_ids=tuple(group[0].prompt_ids), correct_ids=tuple(tuple(encoded[k].response_ids) for k in correct),
+            correct_logps=tuple(logps)))
+    return rank_risks(out)

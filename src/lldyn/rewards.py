@@ -49,6 +49,9 @@ from lldyn.reference_answer import Reference, normalise, states_answer
 BUILTIN = "builtin"
 SPEC_HELP = "builtin (the row's gold answer) or module:function (TRL's f(prompts, completions, **kwargs))"
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+# keyword arguments lldyn passes a reward function itself; row fields of these names are not passed again
+RESERVED_REWARD_KWARGS = frozenset({"prompt", "prompts", "completion", "completions", "completion_ids",
+                                    "trainer_state"})
 
 
 class TrainerState(NamedTuple):
@@ -192,3 +195,18 @@ def load_reward(spec: str) -> RewardFunction:
         raise LldynError(f"module {module!r} has no function {function!r}", field="reward",
                          expected="module:function naming f(prompts, completions, **kwargs) -> list[float | None]")
     return RewardFunction(spec, fn)
+
+
+def reward_inputs(batch: Sequence[PromptExample], samples: Sequence[Any], state: TrainerState
+                  ) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """``prompts``, ``completions`` and keyword arguments for a reward function, as TRL 1.16 passes them
+    (module docstring): one entry per completion (``samples``: :class:`lldyn.generation.Sample`); chat prompts get
+    their completion as an assistant message."""
+    prompts = [p.prompt for p in batch]
+    completions = [s.text if isinstance(p.prompt, str) else [{"role": "assistant", "content": s.text}]
+                   for p, s in zip(batch, samples)]
+    keys = dict.fromkeys(k for p in batch for k in p.fields if k not in RESERVED_REWARD_KWARGS)
+    kwargs: dict[str, Any] = {k: [p.fields.get(k) for p in batch] for k in keys}
+    kwargs["completion_ids"] = [list(s.completion_ids) for s in samples]
+    kwargs["trainer_state"] = state
+    return prompts, completions, kwargs

@@ -31,17 +31,12 @@ from lldyn.errors import LldynError
 from lldyn.generation import GenerationConfig, sample
 from lldyn.lld import NTHRConfig, nthr_weights, token_features
 from lldyn.losses import group_advantages
-from lldyn.rewards import RewardFunction, TrainerState, load_reward
+from lldyn.rewards import RewardFunction, TrainerState, load_reward, reward_inputs
 from lldyn.rundir import GroupCompletion
 from lldyn.scoring import EncodedPair, Encoder
 from lldyn.train.batches import batch_order
 from lldyn.train.config import TrainConfig, prompts_per_step
 from lldyn.train.reference import reference_token_logps
-
-# keyword arguments lldyn passes a reward function itself; row fields of these names are not passed again
-RESERVED_REWARD_KWARGS = frozenset({"prompt", "prompts", "completion", "completions", "completion_ids",
-                                    "trainer_state"})
-
 
 class Rollout(NamedTuple):
     """One completion of a generation batch as the loss needs it: its saved row, its prompt's tokens, its name
@@ -112,20 +107,6 @@ def step_prompts(prompts: Sequence[PromptExample], cfg: TrainConfig, phase_index
 def sampling_seed(cfg: TrainConfig, phase_index: int, step: int) -> int:
     """The sampling seed of phase step ``step``: a resumed run samples what the uninterrupted one did."""
     return cfg.seed * 1_000_003 + 7919 * (phase_index * 1_000_000 + step + 1)
-
-
-def reward_inputs(batch: Sequence[PromptExample], samples: Sequence[Any], state: TrainerState
-                  ) -> tuple[list[Any], list[Any], dict[str, Any]]:
-    """``prompts``, ``completions`` and keyword arguments for a reward function, as TRL 1.16 passes them
-    (:mod:`lldyn.rewards`): one entry per completion; chat prompts get their completion as an assistant message."""
-    prompts = [p.prompt for p in batch]
-    completions = [s.text if isinstance(p.prompt, str) else [{"role": "assistant", "content": s.text}]
-                   for p, s in zip(batch, samples)]
-    keys = dict.fromkeys(k for p in batch for k in p.fields if k not in RESERVED_REWARD_KWARGS)
-    kwargs: dict[str, Any] = {k: [p.fields.get(k) for p in batch] for k in keys}
-    kwargs["completion_ids"] = [list(s.completion_ids) for s in samples]
-    kwargs["trainer_state"] = state
-    return prompts, completions, kwargs
 
 
 def sample_generation(model: Any, tokenizer: Any, prompts: Sequence[PromptExample], reward: RewardFunction,
