@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="only the first N held-out prompts")
     p.add_argument("--reward", default=None, help="reward (default: the first run's)")
     p.add_argument("--risk-seed", type=int, default=0, help="sampling seed of the risk table")
+    p.add_argument("--risk-table", default=None, help="a table `lldyn lld-risk` wrote for the held-out prompts at the "
+                                                      "first run's starting weights and sampling settings (reused)")
     p.add_argument("--permutations", type=int, default=10000)
     p.add_argument("--greedy-tokens", type=int, default=48, help="greedy completion budget for accuracy")
     p.add_argument("--train-steps", type=int, default=None, help="train a plain GRPO run into OUT/grpo first")
@@ -63,6 +65,21 @@ def train_plain(args: argparse.Namespace, out: Path) -> Path:
         values[key.strip()] = value.strip()
     train(build_config(TrainConfig, values), progress=False)
     return out / "grpo"
+
+
+def read_risk_table(path: str) -> list:
+    """The rows of a table ``lldyn lld-risk`` (or this script's risk.jsonl) wrote, as :class:`lldyn.lld.PromptRisk`."""
+    from lldyn.io import read_jsonl
+    from lldyn.lld import PromptRisk
+
+    out = []
+    for row in read_jsonl(path):
+        row = {k: v for k, v in row.items() if k in PromptRisk.__dataclass_fields__}
+        row["prompt_ids"] = tuple(row["prompt_ids"])
+        row["correct_ids"] = tuple(tuple(ids) for ids in row["correct_ids"])
+        row["correct_logps"] = tuple(row["correct_logps"])
+        out.append(PromptRisk(**{k: (math.nan if v is None else v) for k, v in row.items()}))
+    return out
 
 
 def greedy_accuracy(model, tokenizer, prompts, cfg, max_new_tokens: int) -> float:
@@ -152,7 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     risk_cfg = LLDRiskConfig(num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
                              temperature=cfg.temperature, top_p=cfg.top_p, seed=args.risk_seed, template=cfg.template,
                              max_prompt_tokens=cfg.max_prompt_tokens or None, scale_rewards=cfg.scale_rewards)
-    risks = lld_risk(start.model, start.tokenizer, prompts, reward, risk_cfg)
+    if args.risk_table:
+        risks = read_risk_table(args.risk_table)
+        missing = {r.id for r in risks} - {p.id for p in prompts}
+        if missing:
+            print(f"{args.risk_table}: prompts not in {args.held_out}: {sorted(missing)[:3]}", file=sys.stderr)
+            return 2
+    else:
+        risks = lld_risk(start.model, start.tokenizer, prompts, reward, risk_cfg)
     t_risk = time.perf_counter() - t0
     accuracy_start = greedy_accuracy(start.model, start.tokenizer, prompts, cfg, args.greedy_tokens)
     rows = [r.to_json() for r in risks]

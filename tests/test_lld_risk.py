@@ -94,3 +94,11 @@ def test_validation_script_end_to_end_on_the_tiny_model(tmp_path, monkeypatch):
     rows = [json.loads(x) for x in (out / "risk.jsonl").read_text().splitlines()]
     measured = [r["d_logp_correct/grpo"] for r in rows if r["n_correct"]]
     assert measured and all(isinstance(d, float) and d != 0.0 for d in measured)  # the run moved them
+    # the same run measured again from the written table gives the same numbers
+    again = tmp_path / "again"
+    assert validate_lld_risk.main(["--out", str(again), "--runs", str(out / "grpo"), "--risk-table",
+                                   str(out / "risk.jsonl"), "--limit", "6", "--permutations", "50",
+                                   "--greedy-tokens", "6"]) == 0
+    second = json.loads((again / "results.json").read_text())
+    assert second["validation"]["correlations"] == v["correlations"]
+    assert second["runs"]["grpo"]["mean_d_logp_correct"] == run["mean_d_logp_correct"]
