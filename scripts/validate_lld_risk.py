@@ -2,7 +2,7 @@
 
 1. At the starting weights of the first run, the LLD risk table of the held-out prompts (``--held-out``, default
    the built-in test prompts with a gold answer): a group of completions per prompt sampled as the run samples
-   them, split by the reward, every score of :mod:`lldyn.lld` and the trivial baselines.
+   them, split by the reward, every score of :mod:`lldyn.squeeze.nthr` and the trivial baselines.
 2. Each run's final model scores those same correct completions again: the target of a prompt is the change of
    its correct completions' log π (mean over them, summed over tokens; and per token).
 3. For the first run: Spearman ρ of every score and baseline with the *drop* (−Δ, so positive ρ = the score ranks
@@ -68,9 +68,9 @@ def train_plain(args: argparse.Namespace, out: Path) -> Path:
 
 
 def read_risk_table(path: str) -> list:
-    """The rows of a table ``lldyn lld-risk`` (or this script's risk.jsonl) wrote, as :class:`lldyn.lld.PromptRisk`."""
+    """The rows of a table ``lldyn lld-risk`` (or this script's risk.jsonl) wrote, as :class:`lldyn.squeeze.nthr.PromptRisk`."""
     from lldyn.io import read_jsonl
-    from lldyn.lld import PromptRisk
+    from lldyn.squeeze.nthr import PromptRisk
 
     out = []
     for row in read_jsonl(path):
@@ -112,7 +112,7 @@ def correct_changes(model, risks, pad_id: int) -> list[tuple[float, float] | Non
 
 def correlations(rows: list[dict], permutations: int) -> dict:
     """Spearman ρ and permutation p of every score and baseline with each target, over the informative rows."""
-    from lldyn.lld import RISK_BASELINES, RISK_SCORES
+    from lldyn.squeeze.nthr import RISK_BASELINES, RISK_SCORES
     from lldyn.squeeze.risk import spearman, spearman_permutation_p
 
     table = {}
@@ -145,7 +145,7 @@ def print_tables(results: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     from lldyn.data import load_prompts
     from lldyn.io import atomic_write_json, atomic_write_jsonl
-    from lldyn.lld import LLDRiskConfig, lld_risk
+    from lldyn.squeeze.nthr import LLDRiskConfig, lld_risk
     from lldyn.models import load_model
     from lldyn.rewards import load_reward
     from lldyn.rundir import RunDir

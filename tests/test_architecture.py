@@ -16,7 +16,7 @@ LAYERS = (
      "rewards"),
     ("rundir", "runs", "distributed"),
     ("generation", "probes", "rephrase", "tracking", "serve"),
-    ("decompose", "squeeze", "preferences", "judge", "summary", "lld"),
+    ("decompose", "squeeze", "preferences", "judge", "summary"),
     ("train", "predict"),
     ("integrations", "report"),
     ("experiments",),

@@ -1,4 +1,4 @@
-"""lldyn lld-risk (lldyn.lld): the group scores by hand, a deterministic table for a seed, clear errors, and the
+"""lldyn lld-risk (lldyn.squeeze.nthr): the group scores by hand, a deterministic table for a seed, clear errors, and the
 validation script end to end on the tiny model."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lldyn.cli import main
-from lldyn.lld import RISK_SCORES, TokenFeatures, group_risk
+from lldyn.squeeze.nthr import RISK_SCORES, TokenFeatures, group_risk
 
 ROOT = Path(__file__).resolve().parents[1]
 R0 = [0.5, -0.5]

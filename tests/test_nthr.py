@@ -1,4 +1,4 @@
-"""NTHR (lldyn.lld, Deng et al. arXiv 2505.18830): hand-worked weights, the kernel against autograd, the loss with
+"""NTHR (lldyn.squeeze.nthr, Deng et al. arXiv 2505.18830): hand-worked weights, the kernel against autograd, the loss with
 weights 1 is plain GRPO bit for bit, and a tiny GRPO run with --nthr."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lldyn.errors import LldynError
-from lldyn.lld import NTHRConfig, TokenFeatures, nthr_weights, token_features, token_kernel
+from lldyn.squeeze.nthr import NTHRConfig, TokenFeatures, nthr_weights, token_features, token_kernel
 from lldyn.losses import grpo_loss
 from lldyn.rundir import RunDir
 from lldyn.scoring import EncodedPair

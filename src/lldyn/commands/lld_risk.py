@@ -1,7 +1,7 @@
 """``lldyn lld-risk``: rank GRPO prompts by their exposure to Lazy Likelihood Displacement before training.
 
 For every prompt, samples a group of completions from the starting policy, scores them with the GRPO reward, and
-computes GWHES and the alternatives of :mod:`lldyn.lld` (hidden-state similarity of correct and incorrect
+computes GWHES and the alternatives of :mod:`lldyn.squeeze.nthr` (hidden-state similarity of correct and incorrect
 completions, the output layer's first-order pull, NTHR's flagged share) next to the trivial baselines (initial
 log π of the correct completions, their length). Writes one JSONL row per prompt, riskiest first.
 """
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from lldyn.data import load_prompts
     from lldyn.errors import LldynError
     from lldyn.io import atomic_write_jsonl
-    from lldyn.lld import LLDRiskConfig, lld_risk
+    from lldyn.squeeze.nthr import LLDRiskConfig, lld_risk
     from lldyn.rewards import load_reward
     from lldyn.runs import load_model_or_run
 

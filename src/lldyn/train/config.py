@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lldyn.config import build_config, check, config_to_dict
-from lldyn.lld import NTHRConfig
+from lldyn.squeeze.nthr import NTHRConfig
 from lldyn.losses import GRPO_LOSSES, PREFERENCE_LOSSES, SCALE_REWARDS
 from lldyn.models import ModelConfig
 from lldyn.rundir import RunDir
@@ -51,7 +51,7 @@ class TrainConfig:
     ``temperature``/``top_p`` up to ``max_completion_length`` tokens; ``loss_type``, ``epsilon``,
     ``epsilon_high``, ``scale_rewards``, ``mask_truncated_completions`` as in
     :func:`lldyn.losses.grpo_loss` / :func:`lldyn.losses.group_advantages`. ``nthr`` turns on NTHR (Deng et al.,
-    arXiv 2505.18830; :mod:`lldyn.lld`): tokens of incorrect completions that influence the group's correct ones
+    arXiv 2505.18830; :mod:`lldyn.squeeze.nthr`): tokens of incorrect completions that influence the group's correct ones
     more than ``nthr_threshold`` × the correct tokens' mean keep ``nthr_scale`` of their penalty. ``batch_size`` counts
     completions (TRL's per-device batch); one optimizer step trains on a generation batch of
     ``batch_size × grad_accum`` completions: ``batch_size × grad_accum / num_generations`` prompts.

@@ -29,7 +29,7 @@ import torch
 from lldyn.data import PromptExample, load_prompts
 from lldyn.errors import LldynError
 from lldyn.generation import GenerationConfig, sample
-from lldyn.lld import NTHRConfig, nthr_weights, token_features
+from lldyn.squeeze.nthr import NTHRConfig, nthr_weights, token_features
 from lldyn.losses import group_advantages
 from lldyn.rewards import RewardFunction, TrainerState, load_reward, reward_inputs
 from lldyn.rundir import GroupCompletion
@@ -141,7 +141,7 @@ def sample_generation(model: Any, tokenizer: Any, prompts: Sequence[PromptExampl
 
 def with_nthr(model: Any, pad_id: int, rollouts: list[Rollout], num_generations: int, config: NTHRConfig
               ) -> tuple[list[Rollout], dict[str, float]]:
-    """NTHR's per-token weights (:func:`lldyn.lld.nthr_weights`) of every group, from the policy the completions
+    """NTHR's per-token weights (:func:`lldyn.squeeze.nthr.nthr_weights`) of every group, from the policy the completions
     were sampled from (no grad, before the update); and ``nthr/tokens_flagged``: the share of the incorrect
     completions' tokens whose penalty is scaled down, ``nthr/groups``: groups with both correct and incorrect
     completions."""

@@ -96,7 +96,7 @@ def grpo_step(model: Any, batch: Sequence[Rollout], pad_id: int, cfg: TrainConfi
             ref[i, :r.row.n_tokens] = torch.tensor(r.ref_token_logps, dtype=logps.dtype)
     dapo = cfg.loss_type == "dapo"
     weights = None
-    if cfg.nthr:  # NTHR (lldyn.lld): per-token advantage weights
+    if cfg.nthr:  # NTHR (lldyn.squeeze.nthr): per-token advantage weights
         weights = torch.ones_like(logps)
         for i, r in enumerate(batch):
             if r.token_weights is not None:
