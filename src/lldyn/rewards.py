@@ -173,6 +173,21 @@ class RewardFunction:
         return out
 
 
+def reward_inputs(batch: Sequence[PromptExample], samples: Sequence[Any], state: TrainerState
+                  ) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """``prompts``, ``completions`` and keyword arguments for a reward function, as TRL 1.16 passes them
+    (module docstring): one entry per completion; chat prompts get their completion as an assistant message.
+    ``samples``: one per prompt of ``batch``, each with ``text`` and ``completion_ids`` (:class:`lldyn.generation.Sample`)."""
+    prompts = [p.prompt for p in batch]
+    completions = [s.text if isinstance(p.prompt, str) else [{"role": "assistant", "content": s.text}]
+                   for p, s in zip(batch, samples)]
+    keys = dict.fromkeys(k for p in batch for k in p.fields if k not in RESERVED_REWARD_KWARGS)
+    kwargs: dict[str, Any] = {k: [p.fields.get(k) for p in batch] for k in keys}
+    kwargs["completion_ids"] = [list(s.completion_ids) for s in samples]
+    kwargs["trainer_state"] = state
+    return prompts, completions, kwargs
+
+
 def load_reward(spec: str) -> RewardFunction:
     """``builtin`` | ``module:function`` → :class:`RewardFunction` (module docstring). The module is imported
     from the Python path or the working directory."""
@@ -195,18 +210,3 @@ def load_reward(spec: str) -> RewardFunction:
         raise LldynError(f"module {module!r} has no function {function!r}", field="reward",
                          expected="module:function naming f(prompts, completions, **kwargs) -> list[float | None]")
     return RewardFunction(spec, fn)
-
-
-def reward_inputs(batch: Sequence[PromptExample], samples: Sequence[Any], state: TrainerState
-                  ) -> tuple[list[Any], list[Any], dict[str, Any]]:
-    """``prompts``, ``completions`` and keyword arguments for a reward function, as TRL 1.16 passes them
-    (module docstring): one entry per completion (``samples``: :class:`lldyn.generation.Sample`); chat prompts get
-    their completion as an assistant message."""
-    prompts = [p.prompt for p in batch]
-    completions = [s.text if isinstance(p.prompt, str) else [{"role": "assistant", "content": s.text}]
-                   for p, s in zip(batch, samples)]
-    keys = dict.fromkeys(k for p in batch for k in p.fields if k not in RESERVED_REWARD_KWARGS)
-    kwargs: dict[str, Any] = {k: [p.fields.get(k) for p in batch] for k in keys}
-    kwargs["completion_ids"] = [list(s.completion_ids) for s in samples]
-    kwargs["trainer_state"] = state
-    return prompts, completions, kwargs

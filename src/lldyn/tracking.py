@@ -6,7 +6,17 @@ pass is shared by a prompt's ~12 responses) and derives the evaluation-time fami
 * ``argmax`` — y*, the teacher-forced argmax along y+ (paper Sec. 4, "y*"): log π(y*) is
   Σ_t max_v log π(v | x, y+_<t), which the engine returns with y+'s own score, so it costs nothing;
 * ``initial_sample`` — the starting model's greedy response, generated once when tracking starts
-  (``initial_samples.jsonl`` in the run directory) and scored like any other probe.
+  (``initial_samples.jsonl`` in the run directory) and scored like any other probe;
+* ``sample_correct`` / ``sample_incorrect`` (GRPO) — the starting policy's own samples of the probe prompts,
+  split by the reward (:mod:`lldyn.policy_samples`; several per prompt, told apart by the row's ``sample``
+  index); the exact sampled tokens are scored in the same engine call.
+
+With gold answers (``gold``), the summary's signals also hold ``accuracy_argmax``: the share of probe
+prompts whose y* text states the gold answer (:func:`lldyn.rewards.states_gold_answer`). y* is the
+teacher-forced argmax along y+ (the tracker's "greedy y*", free of any generation), so it is the answer
+the model would put at y+'s positions. With policy samples they hold ``logp_sample_correct`` and
+``logp_sample_incorrect`` (family means); ``track(step, signals)`` adds the caller's own (GRPO: ``reward``,
+the mean training reward since the previous evaluation), before the callbacks see the summary.
 
 Per evaluation the tracker writes one row per (step, prompt_id, family) to the run's probe table
 (``step, prompt_id, family, logp, n_tokens, mean_logp, top1, entropy``; argmax rows also carry
@@ -27,15 +37,18 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from lldyn import __version__
 from lldyn.distributed import Processes
 from lldyn.errors import LldynError
 from lldyn.generation import GenerationConfig, generate
+from lldyn.policy_samples import POLICY_SAMPLE_FAMILIES
 from lldyn.probes import FAMILIES, Probe, ProbeSet
-from lldyn.rundir import RunDir, TrackSummary
-from lldyn.scoring import ScoreConfig, ScoreRequest, argmax_text, score
+from lldyn.reference_answer import Reference
+from lldyn.rewards import states_gold_answer
+from lldyn.rundir import PolicySample, RunDir, TrackSummary
+from lldyn.scoring import EncodedPair, Encoder, ScoreConfig, argmax_text, score_encoded
 
 SIGNALS = ("logp_chosen", "logp_rejected", "logp_argmax", "top1_chosen", "top1_rejected", "entropy_chosen",
            "entropy_rejected")
@@ -66,12 +79,16 @@ class Tracker:
         processes: distributed evaluation — this rank scores prompts ``prompt_ids[rank::world]`` and
             :meth:`~lldyn.distributed.Processes.gather` returns every rank's rows.
         progress: show a progress bar while scoring.
+        policy_samples: the starting policy's samples of the probe prompts (``sample_correct`` /
+            ``sample_incorrect``, :func:`lldyn.policy_samples.policy_samples`), scored at every evaluation.
+        gold: ``prompt_id → Reference`` (gold answers) for the ``accuracy_argmax`` signal.
     """
 
     def __init__(self, model: Any, tokenizer: Any, probes: ProbeSet | str | Path, run: RunDir | str | Path | None = None,
                  every: int = 20, score_config: ScoreConfig = ScoreConfig(),
                  callbacks: Sequence[TrackerCallback] = (), *, initial_sample: bool = True,
-                 generation_config: Any = None, processes: Processes = Processes(), progress: bool = False) -> None:
+                 generation_config: Any = None, processes: Processes = Processes(), progress: bool = False,
+                 policy_samples: Sequence[PolicySample] = (), gold: Mapping[str, Reference] | None = None) -> None:
         if every < 1:
             raise LldynError(f"every must be >= 1, got {every}", field="every", expected="a positive number of steps")
         self.model = model
@@ -84,14 +101,21 @@ class Tracker:
         self.want_initial_sample = initial_sample
         self.generation_config = generation_config
         self.probes = ProbeSet.coerce(probes)
+        self.policy_samples = list(policy_samples)
+        self.gold = dict(gold or {})
         self.run = RunDir(run) if isinstance(run, (str, Path)) else run
         self.history: list[TrackSummary] = []
         self.last_rows: list[dict[str, Any]] = []
         self.last_seconds = 0.0
-        self._base: dict[tuple[str, str], float] = {}
+        # baseline log π of each (prompt_id, family, sample) at the first evaluation (sample -1: not a policy sample)
+        self._base: dict[tuple[str, str, int], float] = {}
         order = self.probes.prompt_ids
+        unknown = sorted({s.prompt_id for s in self.policy_samples} - set(order))
+        if unknown:
+            raise LldynError(f"policy samples of prompt {unknown[0]!r}, which the probe set does not have",
+                             field="policy_samples", expected="samples of the probe set's own prompts")
         self._prompt_rank = {pid: i for i, pid in enumerate(order)}
-        self._family_rank = {f: i for i, f in enumerate(FAMILIES)}
+        self._family_rank = {f: i for i, f in enumerate(FAMILIES + POLICY_SAMPLE_FAMILIES)}
         self.local_prompt_ids = order[processes.rank::processes.world]
         if self.run is not None:
             self._attach_run()
@@ -127,7 +151,7 @@ class Tracker:
             first = min(s.step for s in self.history)
             for r in self.run.iter_probe_table():
                 if r.get("step") == first:
-                    self._base[(str(r["prompt_id"]), r["family"])] = r["logp"]
+                    self._base[_key(r)] = r["logp"]
 
     def _ensure_initial_samples(self) -> None:
         if not self.want_initial_sample or any(p.family == "initial_sample" for p in self.probes):
@@ -161,13 +185,18 @@ class Tracker:
         return self.track(step) if self.should_track(step) else None
 
     def evaluate(self) -> list[dict[str, Any]]:
-        """This rank's probe rows (no ``step``): one engine call for all its probes, plus the argmax rows."""
+        """This rank's probe rows (no ``step``): one engine call for all its probes and policy samples, plus
+        the argmax rows."""
         local_ids = set(self.local_prompt_ids)
         probes = [p for p in self.probes if p.prompt_id in local_ids]
-        if not probes:
+        samples = [s for s in self.policy_samples if s.prompt_id in local_ids]
+        if not probes and not samples:
             return []
-        results = score(self.model, self.tokenizer, [ScoreRequest(p.prompt, p.response) for p in probes],
-                        self.score_config, progress=self.progress)
+        encoder = Encoder(self.tokenizer, self.score_config)
+        encoded = [encoder.pair(p.prompt, p.response) for p in probes]
+        encoded += [EncodedPair(s.prompt_ids, s.completion_ids) for s in samples]  # the exact tokens sampled
+        results = score_encoded(self.model, encoded, self.tokenizer.pad_token_id, self.score_config,
+                                progress=self.progress)
         rows = []
         for p, res in zip(probes, results):
             rows.append(_row(p.prompt_id, p.family, res.logp, res.n_tokens, res.mean_top1_prob, res.mean_entropy))
@@ -175,19 +204,27 @@ class Tracker:
                 row = _row(p.prompt_id, "argmax", res.argmax_logp, res.n_tokens, res.mean_top1_prob, res.mean_entropy)
                 row["text"] = argmax_text(self.tokenizer, res)
                 rows.append(row)
+        for s, res in zip(samples, results[len(probes):]):
+            row = _row(s.prompt_id, s.family, res.logp, res.n_tokens, res.mean_top1_prob, res.mean_entropy)
+            row["sample"] = s.sample
+            rows.append(row)
         return rows
 
-    def track(self, step: int) -> TrackSummary:
-        """Evaluate all probes now, write the rows and the summary, run the callbacks."""
+    def track(self, step: int, signals: Mapping[str, float] | None = None) -> TrackSummary:
+        """Evaluate all probes now, write the rows and the summary, run the callbacks. ``signals``: the caller's
+        own (GRPO's ``reward``), added to the summary's before the callbacks see it."""
         start = time.perf_counter()
         self._ensure_initial_samples()
         rows = [r for part in self.processes.gather(self.evaluate()) for r in part]
-        rows.sort(key=lambda r: (self._prompt_rank[r["prompt_id"]], self._family_rank[r["family"]]))
+        rows.sort(key=lambda r: (self._prompt_rank[r["prompt_id"]], self._family_rank[r["family"]],
+                                 r.get("sample", -1)))
         for r in rows:
             r["step"] = step
         if not self._base:
-            self._base = {(r["prompt_id"], r["family"]): r["logp"] for r in rows}
+            self._base = {_key(r): r["logp"] for r in rows}
         summary = self._summarise(step, rows)
+        if signals:
+            summary = dataclasses.replace(summary, signals={**summary.signals, **signals})
         extra: dict[str, Any] = {}
         for fn in self.callbacks:
             out = fn(summary, self.history + [summary])
@@ -208,19 +245,35 @@ class Tracker:
         for r in rows:
             by_family.setdefault(r["family"], []).append(r)
         family_mean = {f: _mean(r["logp"] for r in rs) for f, rs in by_family.items()}
-        family_delta = {f: _mean(r["logp"] - self._base[(r["prompt_id"], f)] for r in rs
-                                 if (r["prompt_id"], f) in self._base) for f, rs in by_family.items()}
+        family_delta = {f: _mean(r["logp"] - self._base[_key(r)] for r in rs if _key(r) in self._base)
+                        for f, rs in by_family.items()}
         fam = lambda f, key: _mean(r[key] for r in by_family.get(f, []))  # noqa: E731
         signals = {"logp_chosen": fam("chosen", "logp"), "logp_rejected": fam("rejected", "logp"),
                    "logp_argmax": fam("argmax", "logp"), "top1_chosen": fam("chosen", "top1"),
                    "top1_rejected": fam("rejected", "top1"), "entropy_chosen": fam("chosen", "entropy"),
                    "entropy_rejected": fam("rejected", "entropy")}
+        if self.policy_samples:
+            signals.update({f"logp_{f}": family_mean.get(f, float("nan")) for f in POLICY_SAMPLE_FAMILIES})
+        if self.gold:
+            signals["accuracy_argmax"] = _mean(float(self._states_gold(r)) for r in by_family.get("argmax", [])
+                                               if r["prompt_id"] in self.gold)
         return TrackSummary(step, family_mean, family_delta, signals)
+
+    def _states_gold(self, argmax_row: dict[str, Any]) -> bool:
+        """Whether an argmax row's y* text states its prompt's gold answer."""
+        ref = self.gold[argmax_row["prompt_id"]]
+        probe = self.probes.get(argmax_row["prompt_id"], "chosen")
+        return states_gold_answer(probe.prompt if probe else "", argmax_row.get("text", ""), ref.answer, ref.aliases)
 
 
 def _initial_sample(row: dict[str, Any]) -> Probe:
     return Probe(str(row["prompt_id"]), "initial_sample", row["prompt"], row["response"],
                  tuple(row.get("source_ids", ())), row.get("method", "initial_sample"))
+
+
+def _key(row: Mapping[str, Any]) -> tuple[str, str, int]:
+    """A probe-table row's identity across evaluations: (prompt_id, family, sample index or -1)."""
+    return str(row["prompt_id"]), row["family"], int(row.get("sample", -1) if row.get("sample") is not None else -1)
 
 
 def _row(prompt_id: str, family: str, logp: float, n_tokens: int, top1: float, entropy: float) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = load_prompts(args.data, args.split, args.limit, skip_invalid=args.skip_invalid)
     prompts = reward.check_prompts(prompts, args.skip_invalid, warn=lambda msg: warnings.warn(msg, stacklevel=2))
     lm = load_model_or_run(args.model, args.trust_remote_code)
-    ranked = lld_risk(lm.model, lm.tokenizer, prompts, reward, config, progress=True)
+    ranked = lld_risk(lm.model, lm.tokenizer, prompts, reward, config)
     atomic_write_jsonl(out, [r.to_json() for r in ranked])
     informative = [r for r in ranked if r.informative]
     print(f"wrote {len(ranked)} prompts to {out}, riskiest first; {len(informative)} have both correct and "

@@ -1,4 +1,4 @@
-"""``lldyn train``: SFT, DPO-family, extend and sft_dpo runs with probe tracking and checkpoints.
+"""``lldyn train``: SFT, DPO-family, extend, sft_dpo and GRPO runs with probe tracking and checkpoints.
 
 Every :class:`lldyn.train.TrainConfig` field is a flag (``--batch-size``, ``--lr`` …); a TOML file
 given with ``--config`` sets defaults that flags override. ``accelerate launch --num_processes N -m
@@ -32,6 +32,12 @@ HELP = {
     "nthr_threshold": "NTHR: flag a token whose influence on the correct completions exceeds this multiple of the "
                       "correct tokens' mean",
     "nthr_scale": "NTHR: share of the penalty a flagged token keeps (1 = plain GRPO)",
+    "probe_samples": "grpo with --probes: the starting policy's own samples per probe prompt, split by the reward "
+                     "into sample_correct / sample_incorrect (0 = none; docs/grpo.md)",
+    "probe_samples_correct_at": "grpo: a probe sample with reward >= this is sample_correct",
+    "lld_alarm": "grpo: the LLD alarm (reward up while the correct samples' log π is not)",
+    "lld_reward_rise": "grpo: the LLD alarm needs the reward to rise by more than this since its first window",
+    "lld_logp_rise": "grpo: the LLD alarm fires while the correct samples' log π rose less than this (nats) since step 0",
 }
 
 
@@ -93,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if result.last_summary is not None:
         d = result.last_summary.family_delta
         print("change since step 0 (nats): " + ", ".join(
-            f"{k} {v:+.2f}" for k, v in d.items() if k in ("chosen", "rejected", "argmax", "other_chosen")))
+            f"{k} {v:+.2f}" for k, v in d.items()
+            if k in ("chosen", "rejected", "argmax", "other_chosen", "sample_correct", "sample_incorrect")))
     return 0
 
 

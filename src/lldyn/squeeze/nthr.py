@@ -253,45 +253,48 @@ def rank_risks(risks: Sequence[PromptRisk]) -> list[PromptRisk]:
     return [replace(r, rank=k + 1) for k, r in enumerate(sorted(risks, key=key))]
 
 
-def lld_risk(model: Any, tokenizer: Any, prompts: Sequence[Any], reward: Any, config: LLDRiskConfig = LLDRiskConfig(),
-             progress: bool = False) -> list[PromptRisk]:
+def lld_risk(model: Any, tokenizer: Any, prompts: Sequence[Any], reward: Any, config: LLDRiskConfig = LLDRiskConfig()
+             ) -> list[PromptRisk]:
     """The LLD risk of every prompt at the model's current weights, ranked (:func:`rank_risks`).
 
     Args:
         prompts: :class:`lldyn.data.PromptExample` rows (with the fields ``reward`` needs, e.g. a gold answer).
         reward: a :class:`lldyn.rewards.RewardFunction`.
-    The completions of every prompt are sampled with one seed for the whole call (:func:`lldyn.generation.sample`,
-    prompt order as given), so the table is a function of (model, prompts, config).
+    The completions are the starting policy's samples of :func:`lldyn.policy_samples.draw_policy_samples` (one seed
+    for the whole call, prompt order as given; an unscorable draw is left out), so the table is a function of
+    (model, prompts, config). Correct / incorrect = the sign of the group advantage of the draws' rewards (for the
+    0/1 builtin reward of a mixed group: the draws in ``sample_correct`` / ``sample_incorrect``).
     """
-    from lldyn.generation import GenerationConfig, sample
     from lldyn.losses import group_advantages
-    from lldyn.rewards import TrainerState, reward_inputs
+    from lldyn.policy_samples import PolicySampleConfig, draw_policy_samples
     from lldyn.scoring import score_encoded
 
     G = config.num_generations
-    batch = [p for p in prompts for _ in range(G)]
-    samples = sample(model, tokenizer, [p.prompt for p in batch], GenerationConfig(
-        max_new_tokens=config.max_completion_length, do_sample=True, temperature=config.temperature,
-        top_p=config.top_p, seed=config.seed, template=config.template, batch_size=config.batch_size,
-        max_prompt_tokens=config.max_prompt_tokens), progress=progress)
-    row_prompts, completions, kwargs = reward_inputs(batch, samples, TrainerState(0, 0))
-    values = torch.tensor(reward(row_prompts, completions, **kwargs), dtype=torch.float32)
-    advantages = group_advantages(values, G, config.scale_rewards).advantages.tolist()
+    draws = draw_policy_samples(model, tokenizer, prompts, reward, PolicySampleConfig(
+        n=G, max_new_tokens=config.max_completion_length, temperature=config.temperature, top_p=config.top_p,
+        seed=config.seed, template=config.template, max_prompt_tokens=config.max_prompt_tokens,
+        batch_size=config.batch_size))
+    by_prompt: dict[str, list[Any]] = {}
+    for d in draws:
+        by_prompt.setdefault(d.prompt_id, []).append(d)
     pad_id = tokenizer.pad_token_id
+    nan = float("nan")
     out = []
-    for g, p in enumerate(prompts):
-        group = samples[g * G:(g + 1) * G]
-        adv = advantages[g * G:(g + 1) * G]
-        encoded = [EncodedPair(s.prompt_ids, s.completion_ids) for s in group]
+    for p in prompts:
+        group = by_prompt.get(p.id, [])
+        rewards = torch.tensor([d.reward for d in group], dtype=torch.float32)
+        adv = (group_advantages(rewards, len(group), config.scale_rewards).advantages.tolist() if len(group) >= 2
+               else [0.0] * len(group))
+        encoded = [EncodedPair(tuple(d.prompt_ids), tuple(d.completion_ids)) for d in group]
         correct = [k for k, a in enumerate(adv) if a > 0]
-        scores = group_risk(token_features(model, encoded, pad_id), adv)
+        scores = (group_risk(token_features(model, encoded, pad_id), adv) if correct and len(correct) < len(adv)
+                  else dict.fromkeys(RISK_SCORES, nan))
         logps = [r.logp for r in score_encoded(model, [encoded[k] for k in correct], pad_id)] if correct else []
-        nan = float("nan")
         out.append(PromptRisk(
             id=p.id, prompt=p.prompt, n_correct=len(correct), n_incorrect=sum(a < 0 for a in adv), **scores,
             init_logp=sum(logps) / len(logps) if logps else nan,
             length=sum(len(encoded[k].response_ids) for k in correct) / len(correct) if correct else nan,
             frac_correct=len(correct) / G,
-            prompt_ids=tuple(group[0].prompt_ids), correct_ids=tuple(tuple(encoded[k].response_ids) for k in correct),
-            correct_logps=tuple(logps)))
+            prompt_ids=encoded[0].prompt_ids if encoded else (),
+            correct_ids=tuple(encoded[k].response_ids for k in correct), correct_logps=tuple(logps)))
     return rank_risks(out)

@@ -55,6 +55,11 @@ class TrainConfig:
     more than ``nthr_threshold`` × the correct tokens' mean keep ``nthr_scale`` of their penalty. ``batch_size`` counts
     completions (TRL's per-device batch); one optimizer step trains on a generation batch of
     ``batch_size × grad_accum`` completions: ``batch_size × grad_accum / num_generations`` prompts.
+
+    GRPO observation (with ``probes``; docs/grpo.md): ``probe_samples`` draws per probe prompt from the starting
+    policy (0 = none), split by the reward at ``probe_samples_correct_at`` into ``sample_correct`` /
+    ``sample_incorrect`` (:mod:`lldyn.policy_samples`); ``lld_alarm`` with its thresholds ``lld_reward_rise``
+    and ``lld_logp_rise`` (:mod:`lldyn.squeeze.lld`).
     """
 
     method: str = "dpo"
@@ -114,6 +119,11 @@ class TrainConfig:
     epsilon_high: float | None = None
     scale_rewards: str = "group"
     mask_truncated_completions: bool = False
+    probe_samples: int = 4
+    probe_samples_correct_at: float = 1.0
+    lld_alarm: bool = True
+    lld_reward_rise: float = 0.0
+    lld_logp_rise: float = 0.0
     nthr: bool = False
     nthr_threshold: float = 1.0
     nthr_scale: float = 0.5
@@ -173,7 +183,8 @@ class TrainConfig:
 
 GRPO_FIELDS: dict[str, Any] = {f: TrainConfig.__dataclass_fields__[f].default for f in (
     "reward", "num_generations", "max_completion_length", "temperature", "top_p", "loss_type", "epsilon",
-    "epsilon_high", "scale_rewards", "mask_truncated_completions", "nthr", "nthr_threshold", "nthr_scale")}
+    "epsilon_high", "scale_rewards", "mask_truncated_completions", "probe_samples", "probe_samples_correct_at",
+    "lld_alarm", "lld_reward_rise", "lld_logp_rise", "nthr", "nthr_threshold", "nthr_scale")}
 NTHR_FIELDS = ("nthr", "nthr_threshold", "nthr_scale")
 
 
@@ -201,6 +212,13 @@ def check_grpo(cfg: TrainConfig) -> None:
     check(cfg.temperature > 0, "temperature", f"must be > 0, got {cfg.temperature}", "a positive number")
     check(0 < cfg.top_p <= 1, "top_p", f"must be in (0, 1], got {cfg.top_p}", "a number in (0, 1]")
     check(bool(cfg.reward.strip()), "reward", "no reward", "builtin or module:function")
+    check(cfg.probe_samples >= 0, "probe_samples", f"must be >= 0, got {cfg.probe_samples}",
+          "a number of samples per probe prompt (0 = none)")
+    check(math.isfinite(cfg.probe_samples_correct_at), "probe_samples_correct_at",
+          f"must be finite, got {cfg.probe_samples_correct_at}", "the reward at which a sample counts as correct")
+    check(cfg.lld_reward_rise >= 0 and math.isfinite(cfg.lld_reward_rise) and math.isfinite(cfg.lld_logp_rise),
+          "lld_reward_rise", f"LLD thresholds must be finite (reward rise >= 0), got {cfg.lld_reward_rise}, "
+          f"{cfg.lld_logp_rise}", "lld_reward_rise >= 0 and a finite lld_logp_rise (nats)")
     if cfg.nthr:
         NTHRConfig(cfg.nthr_threshold, cfg.nthr_scale)
     else:

@@ -38,6 +38,7 @@ from lldyn.train.batches import batch_order
 from lldyn.train.config import TrainConfig, prompts_per_step
 from lldyn.train.reference import reference_token_logps
 
+
 class Rollout(NamedTuple):
     """One completion of a generation batch as the loss needs it: its saved row, its prompt's tokens, its name
     (``prompt_id/k``, the k-th completion of the group), with β > 0 the reference's per-token log-probs, and with
