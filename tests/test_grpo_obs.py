@@ -11,12 +11,13 @@ import torch
 
 from lldyn.data import load_prompts
 from lldyn.errors import LldynError
+from lldyn.generation import GenerationConfig, generate
 from lldyn.policy_samples import PolicySampleConfig, draw_policy_samples
 from lldyn.probes import ProbeSet
 from lldyn.reference_answer import Reference, normalise
 from lldyn.rewards import RewardFunction
 from lldyn.rundir import RunDir, TrackSummary
-from lldyn.scoring import EncodedPair, collate, sequence_logps
+from lldyn.scoring import EncodedPair, ScoreRequest, collate, score, sequence_logps
 from lldyn.squeeze import LLDAlarmConfig, lld_alarm, lld_deltas, lld_flags, lld_intervals
 from lldyn.summary import PhaseChange, verdict
 from lldyn.tracking import Tracker
@@ -142,7 +143,21 @@ def test_tracker_scores_the_exact_sampled_tokens_per_sample_and_the_y_star_accur
     word = max((w for w in normalise(argmax[a]).split() if w.isalpha()), key=len)  # "vy" for the tiny model
     gold = {a: Reference(word), b: Reference("zyzzyva")}
     scored = Tracker(model, tok, probes, every=1, initial_sample=False, gold=gold).track(0)
-    assert scored.signals["accuracy_argmax"] == pytest.approx(0.5)
+    assert scored.signals["accuracy_argmax"] == pytest.approx(0.5) and "accuracy_greedy" not in scored.signals
+    # the greedy answers: generated now (as lldyn.generation.generate), scored by the engine like any response
+    gen = GenerationConfig(max_new_tokens=12, max_prompt_tokens=48)
+    tracker = Tracker(model, tok, probes, every=1, initial_sample=False, greedy=gen)
+    tracker.track(0)
+    greedy = [r for r in tracker.last_rows if r["family"] == "greedy"]
+    prompts_ = [probes.get(pid, "chosen").prompt for pid in probes.prompt_ids]
+    texts = generate(model, tok, prompts_, gen)
+    assert [(r["prompt_id"], r["text"]) for r in greedy] == list(zip(probes.prompt_ids, texts))
+    ref = score(model, tok, [ScoreRequest(x, t) for x, t in zip(prompts_, texts)])
+    assert [r["logp"] for r in greedy] == pytest.approx([r.logp for r in ref], abs=1e-4)
+    word = max(normalise(texts[0]).split(), key=len)  # a word of prompt a's greedy answer ("xg")
+    gold = {a: Reference(word), b: Reference("zyzzyva")}
+    scored = Tracker(model, tok, probes, every=1, initial_sample=False, gold=gold, greedy=gen).track(0)
+    assert scored.signals["accuracy_greedy"] == pytest.approx(0.5)
 
 
 def test_policy_samples_of_other_prompts_are_refused(tiny, builtin_probes):
@@ -178,7 +193,9 @@ def test_grpo_run_tracks_samples_reward_and_fires_the_lld_alarm_as_its_rule_says
         correct = [r["logp"] for r in table if r["step"] == e.step and r["family"] == "sample_correct"]
         assert len(correct) == sum(s.family == "sample_correct" for s in samples)
         assert e.signals["logp_sample_correct"] == pytest.approx(sum(correct) / len(correct))
-        assert "accuracy_argmax" in e.signals  # the builtin rows carry gold answers
+        assert "accuracy_argmax" in e.signals and "accuracy_greedy" in e.signals  # builtin rows have gold answers
+        greedy = [r for r in table if r["step"] == e.step and r["family"] == "greedy"]
+        assert len(greedy) == 2 and all("text" in r for r in greedy)
     # the rule, recomputed from the recorded signals by hand
     l0, r1 = evals[0].signals["logp_sample_correct"], evals[1].signals["reward"]
     expected = [False, False] + [e.signals["reward"] - r1 > 0 and e.signals["logp_sample_correct"] - l0 < 0

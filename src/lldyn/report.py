@@ -8,8 +8,8 @@ a table of each run's last-step mean change per family, example probes, for a de
 predicted-vs-actual and +/− split figures of :mod:`lldyn.decompose.plots`, any PNG another module put
 in ``RUN/figures/`` (captioned with its file name) and any ``extra_sections`` a caller passes. A GRPO run
 (policy samples, a reward) gets one more figure: the change of log π of the starting policy's correct and
-incorrect samples, the mean training reward and the greedy y*'s accuracy per evaluation, hatched where
-the LLD alarm fired (docs/grpo.md).
+incorrect samples, the mean training reward and the greedy answers' (and y*'s) accuracy per evaluation,
+hatched where the LLD alarm fired (docs/grpo.md).
 
 The report reads its input runs and writes only under its output directory (``OUT/figures``,
 ``OUT/report.html``).
@@ -276,8 +276,8 @@ def plot_squeeze(runs: Sequence[RunData], path: str | Path) -> Path | None:
 def plot_grpo(runs: Sequence[RunData], path: str | Path) -> Path | None:
     """GRPO at a glance (Deng, Ren et al. 2025): change since step 0 of log π of the starting policy's correct
     samples (solid) and incorrect samples (dashed), mean and IQR band; the mean training reward per evaluation;
-    the greedy y*'s accuracy against the gold answers; hatched where the LLD alarm fired. None when no run is a
-    GRPO run."""
+    the accuracy against the gold answers of the greedy answers (solid) and of the teacher-forced y* (dotted);
+    hatched where the LLD alarm fired. None when no run is a GRPO run."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -298,16 +298,17 @@ def plot_grpo(runs: Sequence[RunData], path: str | Path) -> Path | None:
                 ax.plot(steps, mean, color=color, ls=style, marker=".", lw=1.6,
                         label=f"{run.label}: {fam.replace('sample_', '')}")
                 ax.fill_between(steps, lo, hi, color=color, alpha=0.15, lw=0)
-        for ax, key in ((axes[1], "reward"), (axes[2], "accuracy_argmax")):
+        for ax, key, style in ((axes[1], "reward", "-"), (axes[2], "accuracy_greedy", "-"),
+                               (axes[2], "accuracy_argmax", ":")):
             pts = sorted((s.step, s.signals[key]) for s in run.summaries
                          if s.signals.get(key) is not None and not math.isnan(s.signals[key]))
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, marker=".", label=run.label)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, ls=style, marker=".", label=run.label)
     axes[0].axhline(0, color="0.6", lw=0.8, ls="--")
     axes[0].set_title("Δ log π of the starting policy's samples\nsince step 0 (nats): correct —, incorrect - -",
                       fontsize=9)
     axes[1].set_title("mean training reward since the previous evaluation", fontsize=9)
-    axes[2].set_title("greedy y*: share stating the gold answer", fontsize=9)
+    axes[2].set_title("share stating the gold answer:\ngreedy answer —, teacher-forced y* ···", fontsize=9)
     for ax in axes:
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -479,7 +480,7 @@ def write_report(runs: Sequence[str | Path], out: str | Path | None = None,
     grpo = plot_grpo(data, figures / GRPO_FIGURE)
     if grpo is not None:
         drawn.insert(0, (grpo, "GRPO: the starting policy's correct and incorrect samples' log π (mean, IQR band), the "
-                               "training reward and the greedy y*'s accuracy; hatched where the LLD alarm fired"))
+                               "training reward and the greedy answers' accuracy; hatched where the LLD alarm fired"))
     sig = plot_signals(data, figures / SIGNALS_FIGURE)
     if sig is not None:
         drawn.append((sig, "squeeze signals: top-1 probability and entropy along y+ and y− positions"))

@@ -188,6 +188,24 @@ def reward_inputs(batch: Sequence[PromptExample], samples: Sequence[Any], state:
     return prompts, completions, kwargs
 
 
+def import_function(module: str, function: str, *, field: str, signature: str) -> Callable[..., Any]:
+    """A user's ``module:function``, imported from the Python path or the working directory; a module that
+    cannot be imported (or whose own code fails) or a missing function is one :class:`LldynError` on ``field``."""
+    if os.getcwd() not in sys.path:  # a console script does not put the working directory on sys.path
+        sys.path.insert(0, os.getcwd())
+    try:
+        mod = importlib.import_module(module)
+    except Exception as err:  # ImportError, or the module's own code failing
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise LldynError(f"cannot import reward module {module!r}: {type(err).__name__}: {detail}", field=field,
+                         expected="module:function with the module importable (on PYTHONPATH or here)") from None
+    fn = getattr(mod, function, None)
+    if not callable(fn):
+        raise LldynError(f"module {module!r} has no function {function!r}", field=field,
+                         expected=f"module:function naming {signature}")
+    return fn
+
+
 def load_reward(spec: str) -> RewardFunction:
     """``builtin`` | ``module:function`` → :class:`RewardFunction` (module docstring). The module is imported
     from the Python path or the working directory."""
@@ -197,16 +215,6 @@ def load_reward(spec: str) -> RewardFunction:
     module, sep, function = spec.partition(":")
     if not (sep and function.isidentifier() and module and all(p.isidentifier() for p in module.split("."))):
         raise LldynError(f"unknown reward {spec!r}", field="reward", expected=SPEC_HELP)
-    if os.getcwd() not in sys.path:  # a console script does not put the working directory on sys.path
-        sys.path.insert(0, os.getcwd())
-    try:
-        mod = importlib.import_module(module)
-    except Exception as err:  # ImportError, or the module's own code failing
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise LldynError(f"cannot import reward module {module!r}: {type(err).__name__}: {detail}", field="reward",
-                         expected="module:function with the module importable (on PYTHONPATH or here)") from None
-    fn = getattr(mod, function, None)
-    if not callable(fn):
-        raise LldynError(f"module {module!r} has no function {function!r}", field="reward",
-                         expected="module:function naming f(prompts, completions, **kwargs) -> list[float | None]")
+    fn = import_function(module, function, field="reward",
+                         signature="f(prompts, completions, **kwargs) -> list[float | None]")
     return RewardFunction(spec, fn)

@@ -6,7 +6,7 @@ The words say what moved; a paper effect is named only when the phase's method a
 it (SFT's lift of y+ and other prompts' answers, Sec. 4.1; the squeezing effect of DPO-family losses,
 Sec. 4.2; GRPO's lazy likelihood displacement, Deng, Ren et al. 2025: the reward rises while the starting
 policy's correct samples become less likely). A GRPO phase also reports the change of its mean training
-reward (first evaluation window to last) and of the greedy y*'s accuracy.
+reward (first evaluation window to last) and of the greedy answers' and y*'s accuracy.
 """
 from __future__ import annotations
 
@@ -65,8 +65,9 @@ def _signal_delta(evals: list[TrackSummary]) -> dict[str, float]:
     rewards = [e.signals["reward"] for e in evals if e.signals.get("reward") is not None]
     if len(rewards) >= 2:
         out["reward"] = rewards[-1] - rewards[0]
-    if evals and all(e.signals.get("accuracy_argmax") is not None for e in (evals[0], evals[-1])):
-        out["accuracy_argmax"] = evals[-1].signals["accuracy_argmax"] - evals[0].signals["accuracy_argmax"]
+    for key in ("accuracy_greedy", "accuracy_argmax"):
+        if evals and all(e.signals.get(key) is not None for e in (evals[0], evals[-1])):
+            out[key] = evals[-1].signals[key] - evals[0].signals[key]
     return out
 
 
@@ -118,7 +119,7 @@ def _moves(d: dict[str, float], up, down) -> str:
 def describe(change: PhaseChange, families: tuple[str, ...] = HEADLINE) -> str:
     """``DPO (steps 30→60): chosen −3.10, rejected −20.40, argmax +2.20 nats — squeezing …``."""
     parts = [f"{f} {change.delta[f]:+.2f}" for f in families if f in change.delta]
-    names = {"reward": "reward", "accuracy_argmax": "y* accuracy"}
+    names = {"reward": "reward", "accuracy_greedy": "greedy accuracy", "accuracy_argmax": "y* accuracy"}
     signals = "".join(f"; {names[k]} {v:+.3f}" for k, v in change.signal_delta.items() if k in names)
     return (f"{change.phase.upper()} (steps {change.start}→{change.end}): " + ", ".join(parts)
             + f" nats; top-1 prob {change.top1_delta:+.3f}{signals} — {verdict(change)}")

@@ -9,16 +9,21 @@ pass is shared by a prompt's ~12 responses) and derives the evaluation-time fami
   (``initial_samples.jsonl`` in the run directory) and scored like any other probe;
 * ``sample_correct`` / ``sample_incorrect`` (GRPO) — the starting policy's own samples of the probe prompts,
   split by the reward (:mod:`lldyn.policy_samples`; several per prompt, told apart by the row's ``sample``
-  index); the exact sampled tokens are scored in the same engine call.
+  index); the exact sampled tokens are scored in the same engine call;
+* ``greedy`` (with ``greedy``, a generation config) — the current model's free-running greedy answer to
+  each probe prompt, generated at every evaluation and scored in the same engine call (its ``text`` is in
+  the row; its log π is of the current answer, so its change compares different answers).
 
 With gold answers (``gold``), the summary's signals also hold ``accuracy_argmax``: the share of probe
 prompts whose y* text states the gold answer (:func:`lldyn.rewards.states_gold_answer`). y* is the
-teacher-forced argmax along y+ (the tracker's "greedy y*", free of any generation), so it is the answer
-the model would put at y+'s positions. With policy samples they hold ``logp_sample_correct`` and
-``logp_sample_incorrect`` (family means); ``track(step, signals)`` adds the caller's own (GRPO: ``reward``,
-the mean training reward since the previous evaluation), before the callbacks see the summary.
+teacher-forced argmax along y+ (free of any generation), so it is the answer the model would put at
+y+'s positions; it misses an answer that y+ opens with (y* predicts its first token before seeing it).
+With ``greedy`` they also hold ``accuracy_greedy``: the same share for the greedy answers. With policy
+samples they hold ``logp_sample_correct`` and ``logp_sample_incorrect`` (family means);
+``track(step, signals)`` adds the caller's own (GRPO: ``reward``, the mean training reward since the
+previous evaluation), before the callbacks see the summary.
 
-Per evaluation the tracker writes one row per (step, prompt_id, family) to the run's probe table
+Per evaluation the tracker writes one row per (step, prompt_id, family[, sample]) to the run's probe table
 (``step, prompt_id, family, logp, n_tokens, mean_logp, top1, entropy``; argmax rows also carry
 the y* ``text``) and one :class:`~lldyn.rundir.TrackSummary` to its metrics: per-family means, mean
 changes since the first evaluation, the squeeze signals and the keys returned by callbacks.
@@ -81,14 +86,17 @@ class Tracker:
         progress: show a progress bar while scoring.
         policy_samples: the starting policy's samples of the probe prompts (``sample_correct`` /
             ``sample_incorrect``, :func:`lldyn.policy_samples.policy_samples`), scored at every evaluation.
-        gold: ``prompt_id → Reference`` (gold answers) for the ``accuracy_argmax`` signal.
+        gold: ``prompt_id → Reference`` (gold answers) for the ``accuracy_argmax`` / ``accuracy_greedy`` signals.
+        greedy: a :class:`~lldyn.generation.GenerationConfig` for the ``greedy`` family (always greedy: its
+            ``do_sample`` is ignored); None = no greedy answers.
     """
 
     def __init__(self, model: Any, tokenizer: Any, probes: ProbeSet | str | Path, run: RunDir | str | Path | None = None,
                  every: int = 20, score_config: ScoreConfig = ScoreConfig(),
                  callbacks: Sequence[TrackerCallback] = (), *, initial_sample: bool = True,
                  generation_config: Any = None, processes: Processes = Processes(), progress: bool = False,
-                 policy_samples: Sequence[PolicySample] = (), gold: Mapping[str, Reference] | None = None) -> None:
+                 policy_samples: Sequence[PolicySample] = (), gold: Mapping[str, Reference] | None = None,
+                 greedy: GenerationConfig | None = None) -> None:
         if every < 1:
             raise LldynError(f"every must be >= 1, got {every}", field="every", expected="a positive number of steps")
         self.model = model
@@ -103,6 +111,7 @@ class Tracker:
         self.probes = ProbeSet.coerce(probes)
         self.policy_samples = list(policy_samples)
         self.gold = dict(gold or {})
+        self.greedy = None if greedy is None else dataclasses.replace(greedy, do_sample=False)
         self.run = RunDir(run) if isinstance(run, (str, Path)) else run
         self.history: list[TrackSummary] = []
         self.last_rows: list[dict[str, Any]] = []
@@ -115,7 +124,7 @@ class Tracker:
             raise LldynError(f"policy samples of prompt {unknown[0]!r}, which the probe set does not have",
                              field="policy_samples", expected="samples of the probe set's own prompts")
         self._prompt_rank = {pid: i for i, pid in enumerate(order)}
-        self._family_rank = {f: i for i, f in enumerate(FAMILIES + POLICY_SAMPLE_FAMILIES)}
+        self._family_rank = {f: i for i, f in enumerate(FAMILIES + ("greedy",) + POLICY_SAMPLE_FAMILIES)}
         self.local_prompt_ids = order[processes.rank::processes.world]
         if self.run is not None:
             self._attach_run()
@@ -185,16 +194,20 @@ class Tracker:
         return self.track(step) if self.should_track(step) else None
 
     def evaluate(self) -> list[dict[str, Any]]:
-        """This rank's probe rows (no ``step``): one engine call for all its probes and policy samples, plus
-        the argmax rows."""
+        """This rank's probe rows (no ``step``): one engine call for all its probes, policy samples and greedy
+        answers, plus the argmax rows."""
         local_ids = set(self.local_prompt_ids)
         probes = [p for p in self.probes if p.prompt_id in local_ids]
         samples = [s for s in self.policy_samples if s.prompt_id in local_ids]
         if not probes and not samples:
             return []
+        chosen = [p for p in probes if p.family == "chosen"]
+        answers = generate(self.model, self.tokenizer, [p.prompt for p in chosen], self.greedy) \
+            if self.greedy is not None and chosen else []
         encoder = Encoder(self.tokenizer, self.score_config)
         encoded = [encoder.pair(p.prompt, p.response) for p in probes]
         encoded += [EncodedPair(s.prompt_ids, s.completion_ids) for s in samples]  # the exact tokens sampled
+        encoded += [encoder.pair(p.prompt, text) for p, text in zip(chosen, answers)]
         results = score_encoded(self.model, encoded, self.tokenizer.pad_token_id, self.score_config,
                                 progress=self.progress)
         rows = []
@@ -207,6 +220,10 @@ class Tracker:
         for s, res in zip(samples, results[len(probes):]):
             row = _row(s.prompt_id, s.family, res.logp, res.n_tokens, res.mean_top1_prob, res.mean_entropy)
             row["sample"] = s.sample
+            rows.append(row)
+        for p, text, res in zip(chosen, answers, results[len(probes) + len(samples):]):
+            row = _row(p.prompt_id, "greedy", res.logp, res.n_tokens, res.mean_top1_prob, res.mean_entropy)
+            row["text"] = text
             rows.append(row)
         return rows
 
@@ -255,15 +272,17 @@ class Tracker:
         if self.policy_samples:
             signals.update({f"logp_{f}": family_mean.get(f, float("nan")) for f in POLICY_SAMPLE_FAMILIES})
         if self.gold:
-            signals["accuracy_argmax"] = _mean(float(self._states_gold(r)) for r in by_family.get("argmax", [])
-                                               if r["prompt_id"] in self.gold)
+            for family in ("argmax", "greedy"):
+                if family in by_family:
+                    signals[f"accuracy_{family}"] = _mean(float(self._states_gold(r)) for r in by_family[family]
+                                                          if r["prompt_id"] in self.gold)
         return TrackSummary(step, family_mean, family_delta, signals)
 
-    def _states_gold(self, argmax_row: dict[str, Any]) -> bool:
-        """Whether an argmax row's y* text states its prompt's gold answer."""
-        ref = self.gold[argmax_row["prompt_id"]]
-        probe = self.probes.get(argmax_row["prompt_id"], "chosen")
-        return states_gold_answer(probe.prompt if probe else "", argmax_row.get("text", ""), ref.answer, ref.aliases)
+    def _states_gold(self, row: dict[str, Any]) -> bool:
+        """Whether an argmax or greedy row's text states its prompt's gold answer."""
+        ref = self.gold[row["prompt_id"]]
+        probe = self.probes.get(row["prompt_id"], "chosen")
+        return states_gold_answer(probe.prompt if probe else "", row.get("text", ""), ref.answer, ref.aliases)
 
 
 def _initial_sample(row: dict[str, Any]) -> Probe:

@@ -14,7 +14,7 @@ from lldyn.commands import MODEL_HELP, add_trust_remote_code
 VALIDATION = ("Validated, no score beats the trivial baselines: on 20 held-out built-in prompts after 20 GRPO steps "
               "of SmolLM2 the Spearman ρ with the drop of the correct samples' log π was −0.41 for GWHES (the wrong "
               "direction), +0.40 length-normalised, +0.32 for the output layer's pull, against +0.54 for the share of "
-              "correct samples and +0.38 for their length (docs/results.md §6, docs/grpo-nthr.md). Use the table to "
+              "correct samples and +0.38 for their length (docs/results.md §7, docs/grpo-nthr.md). Use the table to "
               "look at groups, not to filter prompts.")
 
 

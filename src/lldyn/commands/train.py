@@ -35,6 +35,8 @@ HELP = {
     "probe_samples": "grpo with --probes: the starting policy's own samples per probe prompt, split by the reward "
                      "into sample_correct / sample_incorrect (0 = none; docs/grpo.md)",
     "probe_samples_correct_at": "grpo: a probe sample with reward >= this is sample_correct",
+    "probe_greedy": "grpo with --probes: the current greedy answer to each probe prompt at every evaluation, "
+                    "and its accuracy against the gold answers",
     "lld_alarm": "grpo: the LLD alarm (reward up while the correct samples' log π is not)",
     "lld_reward_rise": "grpo: the LLD alarm needs the reward to rise by more than this since its first window",
     "lld_logp_rise": "grpo: the LLD alarm fires while the correct samples' log π rose less than this (nats) since step 0",
@@ -101,6 +103,12 @@ def run(args: argparse.Namespace) -> int:
         print("change since step 0 (nats): " + ", ".join(
             f"{k} {v:+.2f}" for k, v in d.items()
             if k in ("chosen", "rejected", "argmax", "other_chosen", "sample_correct", "sample_incorrect")))
+        from lldyn.summary import WHAT_MOVED, what_moved
+
+        lines = what_moved([result.run.path])
+        if lines:
+            print(WHAT_MOVED)
+            print("\n".join(lines))
     return 0
 
 

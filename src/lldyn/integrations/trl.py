@@ -46,6 +46,7 @@ from transformers.trainer_callback import CallbackHandler
 from lldyn.data import PromptExample
 from lldyn.distributed import Processes
 from lldyn.errors import LldynError
+from lldyn.generation import GenerationConfig
 from lldyn.policy_samples import PolicySampleConfig, gold_answers, policy_samples, probe_prompts
 from lldyn.probes import ProbeSet
 from lldyn.rewards import RewardFunction, load_reward
@@ -98,6 +99,8 @@ class LearningDynamicsCallback(TrainerCallback):
             row's id): their fields reach the reward, and their gold answers give the y*'s accuracy.
         lld_alarm: the LLD alarm (:class:`lldyn.squeeze.LLDAlarm`) with ``lld_config``; None (default) = on
             when there are policy samples.
+        greedy_answers: the ``greedy`` family (the current greedy answer to each probe prompt, up to the
+            GRPOConfig's ``max_completion_length`` tokens) and its accuracy; None (default) = on with ``prompts``.
     """
 
     def __init__(self, probes: ProbeSet | str | Path, every: int = 20, out: str | Path | None = None,
@@ -106,7 +109,7 @@ class LearningDynamicsCallback(TrainerCallback):
                  tokenizer: Any = None, squeeze_alarm: bool | None = None,
                  policy_samples: int | PolicySampleConfig | None = None, reward: Any = None,
                  prompts: Sequence[PromptExample] = (), lld_alarm: bool | None = None,
-                 lld_config: LLDAlarmConfig = LLDAlarmConfig()) -> None:
+                 lld_config: LLDAlarmConfig = LLDAlarmConfig(), greedy_answers: bool | None = None) -> None:
         self.probes = ProbeSet.coerce(probes)
         self.tokenizer = tokenizer
         self.every = every
@@ -122,6 +125,7 @@ class LearningDynamicsCallback(TrainerCallback):
         self.prompts = list(prompts)
         self.lld_alarm = lld_alarm
         self.lld_config = lld_config
+        self.greedy_answers = greedy_answers
         if policy_samples and self.reward is None:
             raise LldynError("policy samples need a reward to split them", field="reward",
                              expected='reward="builtin", a RewardFunction or a TRL reward function')
@@ -212,9 +216,15 @@ class LearningDynamicsCallback(TrainerCallback):
         lld = bool(samples) if self.lld_alarm is None else self.lld_alarm
         if lld and not any(isinstance(c, LLDAlarm) for c in callbacks):
             callbacks.append(LLDAlarm(self.lld_config))
+        greedy = None
+        if bool(self.prompts) if self.greedy_answers is None else self.greedy_answers:
+            greedy = GenerationConfig(max_new_tokens=int(getattr(args, "max_completion_length", None) or 256),
+                                      template=self.score_config.template,
+                                      max_prompt_tokens=self.score_config.max_prompt_tokens)
         return Tracker(model, tokenizer, self.probes, run=run, every=self.every, score_config=self.score_config,
                        callbacks=callbacks, initial_sample=self.initial_sample,
-                       generation_config=self.generation_config, processes=procs, policy_samples=samples, gold=gold)
+                       generation_config=self.generation_config, processes=procs, policy_samples=samples, gold=gold,
+                       greedy=greedy)
 
     def _sample_config(self, args) -> PolicySampleConfig | None:
         """The policy samples' config: as given, or ``n`` draws sampled as the trainer's GRPOConfig samples."""

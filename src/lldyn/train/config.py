@@ -58,8 +58,9 @@ class TrainConfig:
 
     GRPO observation (with ``probes``; docs/grpo.md): ``probe_samples`` draws per probe prompt from the starting
     policy (0 = none), split by the reward at ``probe_samples_correct_at`` into ``sample_correct`` /
-    ``sample_incorrect`` (:mod:`lldyn.policy_samples`); ``lld_alarm`` with its thresholds ``lld_reward_rise``
-    and ``lld_logp_rise`` (:mod:`lldyn.squeeze.lld`).
+    ``sample_incorrect`` (:mod:`lldyn.policy_samples`); ``probe_greedy``: the current greedy answer to each
+    probe prompt at every evaluation (``max_completion_length`` tokens) and its accuracy against the gold
+    answers; ``lld_alarm`` with its thresholds ``lld_reward_rise`` and ``lld_logp_rise`` (:mod:`lldyn.squeeze.lld`).
     """
 
     method: str = "dpo"
@@ -121,6 +122,7 @@ class TrainConfig:
     mask_truncated_completions: bool = False
     probe_samples: int = 4
     probe_samples_correct_at: float = 1.0
+    probe_greedy: bool = True
     lld_alarm: bool = True
     lld_reward_rise: float = 0.0
     lld_logp_rise: float = 0.0
@@ -184,7 +186,7 @@ class TrainConfig:
 GRPO_FIELDS: dict[str, Any] = {f: TrainConfig.__dataclass_fields__[f].default for f in (
     "reward", "num_generations", "max_completion_length", "temperature", "top_p", "loss_type", "epsilon",
     "epsilon_high", "scale_rewards", "mask_truncated_completions", "probe_samples", "probe_samples_correct_at",
-    "lld_alarm", "lld_reward_rise", "lld_logp_rise", "nthr", "nthr_threshold", "nthr_scale")}
+    "probe_greedy", "lld_alarm", "lld_reward_rise", "lld_logp_rise", "nthr", "nthr_threshold", "nthr_scale")}
 NTHR_FIELDS = ("nthr", "nthr_threshold", "nthr_scale")
 
 

@@ -269,17 +269,21 @@ def make_tracker(job: Job, callbacks: Sequence[Callable]) -> Any:
         first = next(i for i, p in enumerate(job.plan) if p.kind in PREFERENCE_LOSSES)
         start = sum(phase_length(p, len(d), cfg) for p, d in zip(job.plan[:first], job.phase_data[:first]))
         all_callbacks.append(squeeze_alarm(from_step=start))
-    gold = None
-    if job.probe_prompts is not None:  # GRPO: gold answers for the y*'s accuracy; the LLD alarm with samples
+    gold, greedy = None, None
+    if job.probe_prompts is not None:  # GRPO: greedy answers and their accuracy; the LLD alarm with samples
+        from lldyn.generation import GenerationConfig
         from lldyn.policy_samples import gold_answers
         from lldyn.squeeze import LLDAlarmConfig, lld_alarm
 
         gold = gold_answers(job.probe_prompts)
+        if cfg.probe_greedy:
+            greedy = GenerationConfig(max_new_tokens=cfg.max_completion_length, template=cfg.template,
+                                      batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens or None)
         if job.policy_samples is not None and cfg.lld_alarm:
             all_callbacks.append(lld_alarm(LLDAlarmConfig(cfg.lld_reward_rise, cfg.lld_logp_rise)))
     return Tracker(job.model, job.tokenizer, cfg.probes, job.run, every=cfg.eval_every, score_config=cfg.scoring(),
                    callbacks=all_callbacks, initial_sample=cfg.initial_sample, progress=False,
-                   processes=job.procs, policy_samples=job.policy_samples or (), gold=gold)
+                   processes=job.procs, policy_samples=job.policy_samples or (), gold=gold, greedy=greedy)
 
 
 def find_resume_point(job: Job, resume: bool) -> None:
