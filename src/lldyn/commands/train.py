@@ -27,6 +27,11 @@ HELP = {
     "on_policy": "sample two responses per prompt from the current policy and label them with --preference-source",
     "preference_source": "hf:MODEL, openai:MODEL (with --base-url) or module:function (a reward function)",
     "decompose_every": "record the first-order decomposition every N steps (0 = off)",
+    "nthr": "GRPO: NTHR (Deng et al. 2025) lowers the penalty on incorrect completions' tokens that drag the "
+            "group's correct completions down (docs/grpo-nthr.md)",
+    "nthr_threshold": "NTHR: flag a token whose influence on the correct completions exceeds this multiple of the "
+                      "correct tokens' mean",
+    "nthr_scale": "NTHR: share of the penalty a flagged token keeps (1 = plain GRPO)",
     "probe_samples": "grpo with --probes: the starting policy's own samples per probe prompt, split by the reward "
                      "into sample_correct / sample_incorrect (0 = none; docs/grpo.md)",
     "probe_samples_correct_at": "grpo: a probe sample with reward >= this is sample_correct",

@@ -2,6 +2,8 @@
 
 :mod:`lldyn.squeeze.alarm`: the live alarm, a tracker callback that fires while y+ and y− fall and the
 argmax y* rises. :mod:`lldyn.squeeze.risk`: a per-pair squeeze risk score at step 0 and the CHES baseline.
+:mod:`lldyn.squeeze.nthr`: GRPO's counterpart (Deng et al. 2025): NTHR's per-token weights and the per-prompt LLD
+risk (GWHES) before training.
 The theory toy that explains the effect is an experiment: :mod:`lldyn.experiments.squeeze_toy`.
 :mod:`lldyn.squeeze.lld`: GRPO's live alarm for lazy likelihood displacement (the reward rises while the correct
 samples' log π does not).

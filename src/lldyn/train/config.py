@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lldyn.config import build_config, check, config_to_dict
+from lldyn.squeeze.nthr import NTHRConfig
 from lldyn.losses import GRPO_LOSSES, PREFERENCE_LOSSES, SCALE_REWARDS
 from lldyn.models import ModelConfig
 from lldyn.rundir import RunDir
@@ -49,7 +50,9 @@ class TrainConfig:
     ``module:function``, :mod:`lldyn.rewards`), ``num_generations`` completions per prompt, sampled with
     ``temperature``/``top_p`` up to ``max_completion_length`` tokens; ``loss_type``, ``epsilon``,
     ``epsilon_high``, ``scale_rewards``, ``mask_truncated_completions`` as in
-    :func:`lldyn.losses.grpo_loss` / :func:`lldyn.losses.group_advantages`. ``batch_size`` counts
+    :func:`lldyn.losses.grpo_loss` / :func:`lldyn.losses.group_advantages`. ``nthr`` turns on NTHR (Deng et al.,
+    arXiv 2505.18830; :mod:`lldyn.squeeze.nthr`): tokens of incorrect completions that influence the group's correct ones
+    more than ``nthr_threshold`` × the correct tokens' mean keep ``nthr_scale`` of their penalty. ``batch_size`` counts
     completions (TRL's per-device batch); one optimizer step trains on a generation batch of
     ``batch_size × grad_accum`` completions: ``batch_size × grad_accum / num_generations`` prompts.
 
@@ -123,6 +126,9 @@ class TrainConfig:
     lld_alarm: bool = True
     lld_reward_rise: float = 0.0
     lld_logp_rise: float = 0.0
+    nthr: bool = False
+    nthr_threshold: float = 1.0
+    nthr_scale: float = 0.5
 
     def __post_init__(self) -> None:
         check(self.method in METHODS, "method", f"unknown method {self.method!r}", "one of " + ", ".join(METHODS))
@@ -180,7 +186,8 @@ class TrainConfig:
 GRPO_FIELDS: dict[str, Any] = {f: TrainConfig.__dataclass_fields__[f].default for f in (
     "reward", "num_generations", "max_completion_length", "temperature", "top_p", "loss_type", "epsilon",
     "epsilon_high", "scale_rewards", "mask_truncated_completions", "probe_samples", "probe_samples_correct_at",
-    "probe_greedy", "lld_alarm", "lld_reward_rise", "lld_logp_rise")}
+    "probe_greedy", "lld_alarm", "lld_reward_rise", "lld_logp_rise", "nthr", "nthr_threshold", "nthr_scale")}
+NTHR_FIELDS = ("nthr", "nthr_threshold", "nthr_scale")
 
 
 def check_grpo(cfg: TrainConfig) -> None:
@@ -214,6 +221,12 @@ def check_grpo(cfg: TrainConfig) -> None:
     check(cfg.lld_reward_rise >= 0 and math.isfinite(cfg.lld_reward_rise) and math.isfinite(cfg.lld_logp_rise),
           "lld_reward_rise", f"LLD thresholds must be finite (reward rise >= 0), got {cfg.lld_reward_rise}, "
           f"{cfg.lld_logp_rise}", "lld_reward_rise >= 0 and a finite lld_logp_rise (nats)")
+    if cfg.nthr:
+        NTHRConfig(cfg.nthr_threshold, cfg.nthr_scale)
+    else:
+        for name in NTHR_FIELDS[1:]:
+            check(getattr(cfg, name) == GRPO_FIELDS[name], name, f"{name} applies with --nthr only", "--nthr, or no "
+                  f"--{name.replace('_', '-')}")
 
 
 def prompts_per_step(cfg: TrainConfig) -> int:
@@ -262,6 +275,8 @@ def run_config(cfg: TrainConfig) -> dict[str, Any]:
     values = config_to_dict(cfg)
     if cfg.method != "grpo":  # a run of another method writes the config.json it always wrote
         values = {k: v for k, v in values.items() if k not in GRPO_FIELDS}
+    elif not cfg.nthr:  # so does a GRPO run without NTHR
+        values = {k: v for k, v in values.items() if k not in NTHR_FIELDS}
     if values.get("base_url"):
         values["base_url"] = public_url(values["base_url"])
     return {"kind": "train", "lldyn_version": lldyn.__version__, **values}

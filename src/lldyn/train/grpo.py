@@ -29,6 +29,7 @@ import torch
 from lldyn.data import PromptExample, load_prompts
 from lldyn.errors import LldynError
 from lldyn.generation import GenerationConfig, sample
+from lldyn.squeeze.nthr import NTHRConfig, nthr_weights, token_features
 from lldyn.losses import group_advantages
 from lldyn.rewards import RewardFunction, TrainerState, load_reward, reward_inputs
 from lldyn.rundir import GroupCompletion
@@ -40,12 +41,14 @@ from lldyn.train.reference import reference_token_logps
 
 class Rollout(NamedTuple):
     """One completion of a generation batch as the loss needs it: its saved row, its prompt's tokens, its name
-    (``prompt_id/k``, the k-th completion of the group) and, with β > 0, the reference's per-token log-probs."""
+    (``prompt_id/k``, the k-th completion of the group), with β > 0 the reference's per-token log-probs, and with
+    NTHR its per-token advantage weights (:func:`with_nthr`)."""
 
     row: GroupCompletion
     prompt_ids: tuple[int, ...]
     id: str
     ref_token_logps: tuple[float, ...] | None = None
+    token_weights: tuple[float, ...] | None = None
 
     @property
     def encoded(self) -> EncodedPair:
@@ -129,8 +132,36 @@ def sample_generation(model: Any, tokenizer: Any, prompts: Sequence[PromptExampl
         rollouts.append(Rollout(row, s.prompt_ids, f"{p.id}/{j % G}"))
     num_items = sum(len(s.completion_ids) for s in samples if s.eos or not cfg.mask_truncated_completions)
     stats = generation_stats(rollouts, rewards, adv.frac_reward_zero_std, len(batch) // G)
+    if cfg.nthr:
+        rollouts, nthr_stats = with_nthr(model, tokenizer.pad_token_id, rollouts, G,
+                                         NTHRConfig(cfg.nthr_threshold, cfg.nthr_scale))
+        stats.update(nthr_stats)
     stats["grpo/sampling_seconds"] = time.perf_counter() - started  # the first step's is spent before its timer
     return Generation(step, rollouts, num_items, stats)
+
+
+def with_nthr(model: Any, pad_id: int, rollouts: list[Rollout], num_generations: int, config: NTHRConfig
+              ) -> tuple[list[Rollout], dict[str, float]]:
+    """NTHR's per-token weights (:func:`lldyn.squeeze.nthr.nthr_weights`) of every group, from the policy the completions
+    were sampled from (no grad, before the update); and ``nthr/tokens_flagged``: the share of the incorrect
+    completions' tokens whose penalty is scaled down, ``nthr/groups``: groups with both correct and incorrect
+    completions."""
+    out: list[Rollout] = []
+    flagged = negative = groups = 0
+    for start in range(0, len(rollouts), num_generations):
+        group = rollouts[start:start + num_generations]
+        advantages = [r.row.advantage for r in group]
+        if not (any(a > 0 for a in advantages) and any(a < 0 for a in advantages)):
+            out += group
+            continue
+        groups += 1
+        result = nthr_weights(token_features(model, [r.encoded for r in group], pad_id), advantages, config)
+        for r, w in zip(group, result.weights):
+            out.append(r._replace(token_weights=tuple(float(v) for v in w)))
+            if r.row.advantage < 0:
+                flagged += int((w != 1.0).sum())
+                negative += len(w)
+    return out, {"nthr/tokens_flagged": flagged / negative if negative else 0.0, "nthr/groups": float(groups)}
 
 
 def generation_stats(rollouts: Sequence[Rollout], rewards: torch.Tensor, frac_zero_std: torch.Tensor,
