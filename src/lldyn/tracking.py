@@ -18,8 +18,11 @@ mass into the argmax) are the mean top-1 probability and entropy along the y+ an
 log π of y+, y−, y*. A tracker callback ``fn(summary, history) -> dict | None`` sees every summary
 (the squeeze alarm plugs in here); the keys it returns are merged into that step's metrics row.
 
-Under ``accelerate`` every rank scores the probes of its share of the prompts and
-:meth:`lldyn.distributed.Processes.gather` brings all rows to every rank; only rank 0 writes.
+Under ``accelerate`` / ``torchrun`` every rank scores the probes of its share of the prompts
+(:func:`lldyn.distributed.equal_shares`) and :meth:`lldyn.distributed.Processes.gather` brings all rows to
+every rank; only rank 0 writes. Of a sharded (FSDP2) model every rank runs the same number of forward passes
+(:func:`lldyn.distributed.score_equal_forwards`; the initial samples are generated with dummy prompts on the
+short ranks, dropped, and ``synced_gpus``), or the ranks' all-gathers would wait on each other forever.
 """
 from __future__ import annotations
 
@@ -30,12 +33,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from lldyn import __version__
-from lldyn.distributed import Processes
+from lldyn.distributed import Processes, equal_shares, is_sharded, score_equal_forwards
 from lldyn.errors import LldynError
 from lldyn.generation import GenerationConfig, generate
 from lldyn.probes import FAMILIES, Probe, ProbeSet
 from lldyn.rundir import RunDir, TrackSummary
-from lldyn.scoring import ScoreConfig, ScoreRequest, argmax_text, score
+from lldyn.scoring import ScoreConfig, ScoreRequest, argmax_text
 
 SIGNALS = ("logp_chosen", "logp_rejected", "logp_argmax", "top1_chosen", "top1_rejected", "entropy_chosen",
            "entropy_rejected")
@@ -92,7 +95,8 @@ class Tracker:
         order = self.probes.prompt_ids
         self._prompt_rank = {pid: i for i, pid in enumerate(order)}
         self._family_rank = {f: i for i, f in enumerate(FAMILIES)}
-        self.local_prompt_ids = order[processes.rank::processes.world]
+        self.shared_prompt_ids = equal_shares(order, processes.rank, processes.world)  # None: a dummy
+        self.local_prompt_ids = [pid for pid in self.shared_prompt_ids if pid is not None]
         if self.run is not None:
             self._attach_run()
 
@@ -135,7 +139,16 @@ class Tracker:
         cfg = self.generation_config or GenerationConfig(max_new_tokens=64, template=self.score_config.template)
         chosen = {p.prompt_id: p for p in self.probes if p.family == "chosen"}
         local = [chosen[pid] for pid in self.local_prompt_ids]
-        texts = generate(self.model, self.tokenizer, [p.prompt for p in local], cfg, progress=self.progress) if local else []
+        sharded = is_sharded(self.model)
+        if sharded:  # as many prompts on every rank (a short rank's dummy is a copy of the first, dropped)
+            first = chosen[self.probes.prompt_ids[0]]
+            prompts = [chosen[pid].prompt if pid is not None else first.prompt for pid in self.shared_prompt_ids]
+            cfg = dataclasses.replace(cfg, synced_gpus=True)
+        else:
+            prompts = [p.prompt for p in local]
+        texts = generate(self.model, self.tokenizer, prompts, cfg, progress=self.progress) if prompts else []
+        if sharded:
+            self.model.reshard()
         mine = [Probe(p.prompt_id, "initial_sample", p.prompt, t, (p.prompt_id,),
                       f"greedy(max_new_tokens={cfg.max_new_tokens})").to_json() for p, t in zip(local, texts)]
         rows = [r for part in self.processes.gather(mine) for r in part]
@@ -164,10 +177,11 @@ class Tracker:
         """This rank's probe rows (no ``step``): one engine call for all its probes, plus the argmax rows."""
         local_ids = set(self.local_prompt_ids)
         probes = [p for p in self.probes if p.prompt_id in local_ids]
-        if not probes:
+        if not probes and not is_sharded(self.model):
             return []
-        results = score(self.model, self.tokenizer, [ScoreRequest(p.prompt, p.response) for p in probes],
-                        self.score_config, progress=self.progress)
+        results = score_equal_forwards(self.processes, self.model, self.tokenizer,
+                                       [ScoreRequest(p.prompt, p.response) for p in probes], self.score_config,
+                                       progress=self.progress)
         rows = []
         for p, res in zip(probes, results):
             rows.append(_row(p.prompt_id, p.family, res.logp, res.n_tokens, res.mean_top1_prob, res.mean_entropy))

@@ -27,6 +27,7 @@ HELP = {
     "on_policy": "sample two responses per prompt from the current policy and label them with --preference-source",
     "preference_source": "hf:MODEL, openai:MODEL (with --base-url) or module:function (a reward function)",
     "decompose_every": "record the first-order decomposition every N steps (0 = off)",
+    "fsdp": "shard the model with FSDP2 (per decoder layer) over the processes torchrun / accelerate launch started",
 }
 
 
