@@ -339,3 +339,17 @@ def test_lora_under_fsdp_trains_only_the_adapter_and_the_probes_see_it(sft_runs,
     assert moved[0] == 0.0 and abs(moved[-1]) > 0.1  # the probes saw the adapter's change
     assert sorted(final_weights(tmp_path / "two")) == sorted(final_weights(tmp_path / "one"))
     assert all("lora_" in k for k in final_weights(tmp_path / "two"))
+
+
+def test_a_deepspeed_zero3_model_is_refused_by_the_tracker(tiny_fresh, tmp_path):
+    """ZeRO-3 is untested here (docs/training.md): its partitioned weights (marked ``ds_id``) are refused with
+    one clear error rather than tracked with a possible hang."""
+    from lldyn.errors import LldynError
+    from lldyn.probes import Probe, ProbeSet
+    from lldyn.tracking import Tracker
+
+    next(tiny_fresh.model.parameters()).ds_id = 0
+    probes = ProbeSet((Probe("p", "chosen", "hi", "yo"),))
+    with pytest.raises(LldynError, match="ZeRO-3") as err:
+        Tracker(tiny_fresh.model, tiny_fresh.tokenizer, probes, run=tmp_path / "run")
+    assert err.value.field == "deepspeed" and not (tmp_path / "run").exists()

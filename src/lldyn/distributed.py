@@ -175,6 +175,16 @@ def is_sharded(model: Any) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def refuse_zero3(model: Any) -> None:
+    """DeepSpeed ZeRO-3 partitions the weights too (each forward pass gathers them, so the same equal-forward
+    rule would apply), but it is untested here: on this CPU machine ``deepspeed.initialize`` with ZeRO-3 under
+    torchrun made no progress (docs/training.md, "Scaling out"). Refused, rather than a possible hang."""
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        raise LldynError("the model's weights are partitioned by DeepSpeed ZeRO-3, which lldyn's tracker does not "
+                         "support (untested)", field="deepspeed",
+                         expected="FSDP2 (accelerate's fsdp_version: 2, or lldyn train --fsdp), or ZeRO stage 1/2")
+
+
 def decoder_layers(model: Any) -> list[torch.nn.Module]:
     """The decoder layers of a causal LM (through a peft wrapper too): FSDP2's units."""
     layers = getattr(model.get_decoder(), "layers", None)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from lldyn import __version__
-from lldyn.distributed import Processes, equal_shares, is_sharded, score_equal_forwards
+from lldyn.distributed import Processes, equal_shares, is_sharded, refuse_zero3, score_equal_forwards
 from lldyn.errors import LldynError
 from lldyn.generation import GenerationConfig, generate
 from lldyn.probes import FAMILIES, Probe, ProbeSet
@@ -77,6 +77,7 @@ class Tracker:
                  generation_config: Any = None, processes: Processes = Processes(), progress: bool = False) -> None:
         if every < 1:
             raise LldynError(f"every must be >= 1, got {every}", field="every", expected="a positive number of steps")
+        refuse_zero3(model)
         self.model = model
         self.tokenizer = tokenizer
         self.every = int(every)
