@@ -353,3 +353,19 @@ def test_a_deepspeed_zero3_model_is_refused_by_the_tracker(tiny_fresh, tmp_path)
     with pytest.raises(LldynError, match="ZeRO-3") as err:
         Tracker(tiny_fresh.model, tiny_fresh.tokenizer, probes, run=tmp_path / "run")
     assert err.value.field == "deepspeed" and not (tmp_path / "run").exists()
+
+
+def test_fsdp_non_finite_loss_stops_every_rank_with_the_last_good_weights(tmp_path):
+    """An absurd SGD step makes step 2's loss NaN: both ranks agree, gather step 1's weights for rank 0 to keep,
+    and stop with the same one line (no hang, no traceback)."""
+    args = [*TINY, "--method", "sft", "--steps", "4", "--batch-size", "2", "--lr", "1e30", "--optimizer", "sgd",
+            "--max-grad-norm", "0"]
+    proc = two_processes(tmp_path, *args, "--out", "run")
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("lldyn train: error:")]
+    assert errors and len(set(errors)) == 1 and "non-finite loss, gradient or weights at step 2" in errors[0]
+    assert "[rank" not in proc.stderr
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-00000001"]
+    assert RunDir(tmp_path / "run").events() == [(1, "train"), (2, "stopped")]
+    weights = final_weights(tmp_path / "run")
+    assert all(bool(w.isfinite().all()) for w in weights.values()) and len(weights) == 21

@@ -433,7 +433,7 @@ def weights_finite(params: Sequence[torch.nn.Parameter], procs: Processes = Proc
     local = all(bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()) for p in params)
     if not any(hasattr(p, "to_local") for p in params):
         return local
-    return procs.all_finite(torch.tensor(0.0 if local else math.nan))
+    return procs.all_finite(torch.tensor(0.0 if local else math.nan, device=procs.device))
 
 
 def stop_non_finite(job: Job, optimizer: Any, scheduler: Any, phase_index: int, phase_step: int, global_step: int,
