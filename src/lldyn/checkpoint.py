@@ -264,8 +264,9 @@ def load_checkpoint(path: str | Path, model: Any, optimizer: Any = None, schedul
 
 
 def check_resume_processes(path: str | Path, world: int) -> None:
-    """Refuse to resume a sharded checkpoint (written by ``world_then`` processes under ``--fsdp``) with another
-    number of processes: its optimizer state and data split were those of that many ranks."""
+    """Refuse to resume a sharded checkpoint (``state.json`` has ``fsdp_processes``: the number of processes of the
+    ``--fsdp`` run that wrote it) on ``world`` processes when they differ: its data split was that many ranks'.
+    An unsharded checkpoint passes."""
     path = Path(path)
     try:
         state = json.loads((path / STATE).read_text(encoding="utf-8"))
