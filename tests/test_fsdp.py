@@ -143,8 +143,11 @@ def test_forward_passes_counts_the_engines_forward_passes(tiny, prefix_sharing):
     assert forward_passes(encoded, cfg) > len({p.prompt_ids for p in encoded})  # the budget did split
 
 
-def test_fsdp_without_a_process_group_is_one_clear_error(tmp_path):
-    proc = one_process(tmp_path, *TINY, "--method", "sft", "--steps", "1", "--fsdp", "--out", "run")
+@pytest.mark.parametrize("how", ["flag", "toml"])
+def test_fsdp_without_a_process_group_is_one_clear_error(tmp_path, how):
+    (tmp_path / "run.toml").write_text("fsdp = true\n")
+    extra = ["--fsdp"] if how == "flag" else ["--config", "run.toml"]
+    proc = one_process(tmp_path, *TINY, "--method", "sft", "--steps", "1", *extra, "--out", "run")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "lldyn train: error: field 'fsdp': --fsdp shards the model over processes, but this is one process (no "
