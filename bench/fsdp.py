@@ -96,7 +96,7 @@ def main() -> None:
         t2 = run(tmp, [py, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                        "--master_port", str(free_port()), *cmd, "--fsdp", "--out", f"{method}-two"])
         print(f"\n{method}: one process {t1:.1f} s, two FSDP2 processes {t2:.1f} s (ratio {t2 / t1:.2f}; "
-              "startup dominates on a tiny model)")
+              "not a speed: start-up and a shared CPU dominate here)")
         for name, (diff, mag) in differences(tmp / f"{method}-one", tmp / f"{method}-two").items():
             print(f"  {name:22s} max |two − one| = {diff:.3g}   (values up to {mag:.3g})")
 
