@@ -372,3 +372,16 @@ def test_fsdp_non_finite_loss_stops_every_rank_with_the_last_good_weights(tmp_pa
     assert RunDir(tmp_path / "run").events() == [(1, "train"), (2, "stopped")]
     weights = final_weights(tmp_path / "run")
     assert all(bool(w.isfinite().all()) for w in weights.values()) and len(weights) == 21
+
+
+def test_a_sharded_run_is_decomposed_by_replay_in_one_process(sft_runs, tmp_path):
+    """`--decompose-every` is refused under sharding; `lldyn decompose` replays the sharded run unsharded in one
+    process, and the replay follows it (its losses within the replay's 1e-4 relative check)."""
+    tmp = sft_runs[0]
+    shutil.copy(tmp / "probes.jsonl", tmp_path / "probes.jsonl")
+    shutil.copytree(tmp / "two", tmp_path / "two")
+    proc = subprocess.run([sys.executable, "-m", "lldyn.cli", "decompose", "--run", "two", "--every", "3"],
+                          cwd=tmp_path, env=env(tmp_path), capture_output=True, text=True, timeout=HANG)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = RunDir(tmp_path / "two").decompose_rows()
+    assert rows and {r["step"] for r in rows} == {3}
