@@ -9,6 +9,13 @@ Layout of one checkpoint (``RUN/checkpoints/step-00000040/``)::
     rng.pt              torch / python / numpy RNG states
     state.json          step, phase, data position and whatever the loop needs to continue
 
+A model sharded with FSDP2 (``lldyn train --fsdp``) is saved in the same layout, whole: every rank
+takes part in gathering it (:func:`gather_state`: each trainable parameter's ``full_tensor()``, the
+optimizer's state through ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict`` with
+``full_state_dict``, keyed by parameter name), rank 0 writes it, ``state.json`` records the number of
+processes, and every rank loads its own slices of it back. Its ``model.safetensors`` loads into an
+unsharded model in one process like any other; resuming it needs as many processes as wrote it.
+
 Everything is written into a temporary directory next to the target and renamed into place, so
 a crash leaves either the previous checkpoint or the new one, never half of one; only the last
 ``keep`` checkpoints are kept. Loading uses ``torch.load(weights_only=True)``: a checkpoint can
@@ -23,7 +30,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import safetensors.torch
@@ -43,6 +50,40 @@ STATE = "state.json"
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
     """The parameters that train, by name, as contiguous CPU tensors."""
     return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def is_sharded_model(model: Any) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+class GatheredState(NamedTuple):
+    """A sharded model's trainable weights and optimizer state, whole (on rank 0; empty on the others)."""
+
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+
+
+def gather_state(model: Any, optimizer: Any = None) -> GatheredState:
+    """Gather a sharded (FSDP2) model's trainable weights and its optimizer's state to rank 0, as CPU tensors.
+    A collective: every rank calls it, in the same order; the other ranks get empty dicts."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    main = dist.get_rank() == 0
+    model.reshard()  # the root's weights as FSDP2 keeps them between steps (a no-grad forward leaves them whole)
+    weights = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            whole = p.detach().full_tensor()
+            if main:
+                weights[name] = whole.to("cpu").contiguous()
+    optim = None
+    if optimizer is not None:
+        optim = get_optimizer_state_dict(model, optimizer,
+                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return GatheredState(weights, optim)
 
 
 def rng_state() -> dict[str, Any]:
@@ -123,8 +164,9 @@ def _io_failure(err: BaseException) -> str | None:
 
 
 def save_checkpoint(directory: str | Path, step: int, model: Any, optimizer: Any = None, scheduler: Any = None,
-                    state: dict[str, Any] | None = None, keep: int = 2) -> Path:
+                    state: dict[str, Any] | None = None, keep: int = 2, gathered: GatheredState | None = None) -> Path:
     """Write checkpoint ``step`` atomically into ``directory`` and keep only the last ``keep``.
+    A sharded model's weights and optimizer state come in ``gathered`` (:func:`gather_state`, every rank).
 
     A failed write (disk full, permissions) removes the partial copy, leaves the previous
     checkpoints as they were and raises :class:`LldynError` naming the checkpoint.
@@ -139,8 +181,11 @@ def save_checkpoint(directory: str | Path, step: int, model: Any, optimizer: Any
     except OSError as err:
         raise LldynError(f"cannot write checkpoint: {err.strerror}", file=str(final)) from None
     try:
-        safetensors.torch.save_file(trainable_state(model), str(tmp / WEIGHTS), metadata={"step": str(step)})
-        if optimizer is not None:
+        weights = gathered.weights if gathered is not None else trainable_state(model)
+        safetensors.torch.save_file(weights, str(tmp / WEIGHTS), metadata={"step": str(step)})
+        if gathered is not None and gathered.optimizer is not None:
+            _torch_save(gathered.optimizer, tmp / OPTIMIZER)
+        elif optimizer is not None:
             _torch_save(optimizer.state_dict(), tmp / OPTIMIZER)
         if scheduler is not None:
             _torch_save(scheduler.state_dict(), tmp / SCHEDULER)
@@ -191,16 +236,45 @@ def load_checkpoint(path: str | Path, model: Any, optimizer: Any = None, schedul
         raise LldynError(f"checkpoint does not match the model ({len(missing)} missing, {len(unknown)} unknown "
                          f"tensors, e.g. {name!r})", file=str(path / WEIGHTS),
                          expected="a checkpoint of the same model and LoRA settings")
+    sharded = is_sharded_model(model)
     with torch.no_grad():
         for name, value in weights.items():
             if params[name].shape != value.shape:
                 raise LldynError(f"shape mismatch for {name!r}: {tuple(value.shape)} vs {tuple(params[name].shape)}",
                                  file=str(path / WEIGHTS), expected="a checkpoint of the same model")
-            params[name].copy_(value.to(params[name].device, params[name].dtype))
+            value = value.to(params[name].device, params[name].dtype)
+            if sharded and hasattr(params[name], "device_mesh"):  # this rank's slice, cut locally (no collective)
+                from torch.distributed.tensor import distribute_tensor
+
+                value = distribute_tensor(value, params[name].device_mesh, params[name].placements, src_data_rank=None)
+            params[name].copy_(value)
     if optimizer is not None and (path / OPTIMIZER).is_file():
-        optimizer.load_state_dict(_load(path / OPTIMIZER))
+        if sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(model, optimizer, optim_state_dict=_load(path / OPTIMIZER),
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(_load(path / OPTIMIZER))
     if scheduler is not None and (path / SCHEDULER).is_file():
         scheduler.load_state_dict(_load(path / SCHEDULER))
     if restore_rng and (path / RNG).is_file():
         set_rng_state(_load(path / RNG))
     return json.loads((path / STATE).read_text(encoding="utf-8"))
+
+
+def check_resume_processes(path: str | Path, world: int) -> None:
+    """Refuse to resume a sharded checkpoint (``state.json`` has ``fsdp_processes``: the number of processes of the
+    ``--fsdp`` run that wrote it) on ``world`` processes when they differ: its data split was that many ranks'.
+    An unsharded checkpoint passes."""
+    path = Path(path)
+    try:
+        state = json.loads((path / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise LldynError(f"cannot read checkpoint state: {err}", file=str(path / STATE)) from None
+    then = state.get("fsdp_processes")
+    if then is not None and int(then) != world:
+        raise LldynError(f"this FSDP checkpoint was written by {then} processes; resuming it on {world} is refused",
+                         file=str(path / STATE), field="fsdp_processes",
+                         expected=f"torchrun --nproc_per_node {then} (or accelerate launch --num_processes {then}) "
+                                  "with --fsdp; its model.safetensors loads in one process for analysis")

@@ -20,7 +20,9 @@ from lldyn.scoring import Encoder, ScoreConfig
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """max_new_tokens: response budget; do_sample False = greedy; seed makes sampling repeatable."""
+    """max_new_tokens: response budget; do_sample False = greedy; seed makes sampling repeatable.
+    synced_gpus: every rank keeps running decoding steps until all ranks are done (Hugging Face's
+    ``synced_gpus``), which a sharded model needs: its forward passes all-gather across ranks."""
 
     max_new_tokens: int = 64
     do_sample: bool = False
@@ -30,6 +32,7 @@ class GenerationConfig:
     template: bool = True
     batch_size: int = 8
     max_prompt_tokens: int | None = 512
+    synced_gpus: bool = False
 
     def __post_init__(self) -> None:
         check(self.max_new_tokens > 0, "max_new_tokens", f"must be > 0, got {self.max_new_tokens}", "a positive integer")
@@ -103,6 +106,8 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[Prompt], config: Genera
                     kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=0)
                 else:
                     kwargs.update(temperature=None, top_p=None, top_k=None)
+                if config.synced_gpus:
+                    kwargs["synced_gpus"] = True
                 gen = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
                 for r, i in enumerate(rows):
                     new = gen[r, L:].tolist()

@@ -542,6 +542,26 @@ def stats_batches(model: Any, encoded: Sequence[EncodedPair], pad_id: int, confi
                                         with_stats=True, chunk_size=config.chunk_size)
 
 
+def forward_passes(encoded: Sequence[EncodedPair], config: ScoreConfig) -> int:
+    """How many forward passes of the decoder :func:`stats_batches` runs over ``encoded`` (the same batching,
+    without a model), for a model whose key/value cache can be sliced (every transformer decoder). A sharded
+    model needs it: every rank must run as many (:mod:`lldyn.distributed`)."""
+    lengths = [len(p.response_ids) for p in encoded]
+    if not config.prefix_sharing:
+        total = [len(p.prompt_ids) + n for p, n in zip(encoded, lengths)]
+        order = sorted(range(len(encoded)), key=lambda i: total[i])
+        return sum(1 for _ in _length_chunks(order, lambda n, i: n * total[i], config))
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i, pair in enumerate(encoded):
+        by_prompt.setdefault(pair.prompt_ids, []).append(i)
+    count = 0
+    for batch in _prompt_batches(sorted(by_prompt.items(), key=lambda g: len(g[0])), config):
+        Lp = max(len(p) for p, _ in batch)  # the prompts are left-padded to the longest
+        members = sorted((i for _, m in batch for i in m), key=lambda i: lengths[i])
+        count += 1 + sum(1 for _ in _length_chunks(members, lambda n, i: n * (Lp + lengths[i]), config))
+    return count
+
+
 def score(model: Any, tokenizer: Any, requests: Sequence[ScoreRequest], config: ScoreConfig = ScoreConfig(),
           per_token: bool = False, progress: bool = False, encoder: Encoder | None = None) -> list[ScoreResult]:
     """Score every request with ``model`` (no grad); results in the order of ``requests``."""

@@ -33,8 +33,11 @@ mass into the argmax) are the mean top-1 probability and entropy along the y+ an
 log π of y+, y−, y*. A tracker callback ``fn(summary, history) -> dict | None`` sees every summary
 (the squeeze alarm plugs in here); the keys it returns are merged into that step's metrics row.
 
-Under ``accelerate`` every rank scores the probes of its share of the prompts and
-:meth:`lldyn.distributed.Processes.gather` brings all rows to every rank; only rank 0 writes.
+Under ``accelerate`` / ``torchrun`` every rank scores the probes of its share of the prompts
+(:func:`lldyn.distributed.equal_shares`) and :meth:`lldyn.distributed.Processes.gather` brings all rows to
+every rank; only rank 0 writes. Of a sharded (FSDP2) model every rank runs the same number of forward passes
+(:func:`lldyn.distributed.score_equal_forwards`; the initial samples are generated with dummy prompts on the
+short ranks, dropped, and ``synced_gpus``), or the ranks' all-gathers would wait on each other forever.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from lldyn import __version__
-from lldyn.distributed import Processes
+from lldyn.distributed import Processes, equal_shares, is_sharded, refuse_zero3, score_encoded_equal_forwards
 from lldyn.errors import LldynError
 from lldyn.generation import GenerationConfig, generate
 from lldyn.policy_samples import POLICY_SAMPLE_FAMILIES
@@ -53,7 +56,7 @@ from lldyn.probes import FAMILIES, Probe, ProbeSet
 from lldyn.reference_answer import Reference
 from lldyn.rewards import states_gold_answer
 from lldyn.rundir import PolicySample, RunDir, TrackSummary
-from lldyn.scoring import EncodedPair, Encoder, ScoreConfig, argmax_text, score_encoded
+from lldyn.scoring import EncodedPair, Encoder, ScoreConfig, argmax_text
 
 SIGNALS = ("logp_chosen", "logp_rejected", "logp_argmax", "top1_chosen", "top1_rejected", "entropy_chosen",
            "entropy_rejected")
@@ -99,6 +102,7 @@ class Tracker:
                  greedy: GenerationConfig | None = None) -> None:
         if every < 1:
             raise LldynError(f"every must be >= 1, got {every}", field="every", expected="a positive number of steps")
+        refuse_zero3(model)
         self.model = model
         self.tokenizer = tokenizer
         self.every = int(every)
@@ -112,6 +116,10 @@ class Tracker:
         self.policy_samples = list(policy_samples)
         self.gold = dict(gold or {})
         self.greedy = None if greedy is None else dataclasses.replace(greedy, do_sample=False)
+        if is_sharded(model) and (self.greedy is not None or self.policy_samples):
+            # the greedy answers' generate calls are not yet made equal across ranks (FSDP2 would hang)
+            raise LldynError("greedy answers and policy samples are not tracked on a sharded model", field="fsdp",
+                             expected="no --fsdp with --probe-greedy / --probe-samples (GRPO runs in one process)")
         self.run = RunDir(run) if isinstance(run, (str, Path)) else run
         self.history: list[TrackSummary] = []
         self.last_rows: list[dict[str, Any]] = []
@@ -125,7 +133,8 @@ class Tracker:
                              field="policy_samples", expected="samples of the probe set's own prompts")
         self._prompt_rank = {pid: i for i, pid in enumerate(order)}
         self._family_rank = {f: i for i, f in enumerate(FAMILIES + ("greedy",) + POLICY_SAMPLE_FAMILIES)}
-        self.local_prompt_ids = order[processes.rank::processes.world]
+        self.shared_prompt_ids = equal_shares(order, processes.rank, processes.world)  # None: a dummy
+        self.local_prompt_ids = [pid for pid in self.shared_prompt_ids if pid is not None]
         if self.run is not None:
             self._attach_run()
 
@@ -168,7 +177,16 @@ class Tracker:
         cfg = self.generation_config or GenerationConfig(max_new_tokens=64, template=self.score_config.template)
         chosen = {p.prompt_id: p for p in self.probes if p.family == "chosen"}
         local = [chosen[pid] for pid in self.local_prompt_ids]
-        texts = generate(self.model, self.tokenizer, [p.prompt for p in local], cfg, progress=self.progress) if local else []
+        sharded = is_sharded(self.model)
+        if sharded:  # as many prompts on every rank (a short rank's dummy is a copy of the first, dropped)
+            first = chosen[self.probes.prompt_ids[0]]
+            prompts = [chosen[pid].prompt if pid is not None else first.prompt for pid in self.shared_prompt_ids]
+            cfg = dataclasses.replace(cfg, synced_gpus=True)
+        else:
+            prompts = [p.prompt for p in local]
+        texts = generate(self.model, self.tokenizer, prompts, cfg, progress=self.progress) if prompts else []
+        if sharded:
+            self.model.reshard()
         mine = [Probe(p.prompt_id, "initial_sample", p.prompt, t, (p.prompt_id,),
                       f"greedy(max_new_tokens={cfg.max_new_tokens})").to_json() for p, t in zip(local, texts)]
         rows = [r for part in self.processes.gather(mine) for r in part]
@@ -199,7 +217,7 @@ class Tracker:
         local_ids = set(self.local_prompt_ids)
         probes = [p for p in self.probes if p.prompt_id in local_ids]
         samples = [s for s in self.policy_samples if s.prompt_id in local_ids]
-        if not probes and not samples:
+        if not probes and not samples and not is_sharded(self.model):
             return []
         chosen = [p for p in probes if p.family == "chosen"]
         answers = generate(self.model, self.tokenizer, [p.prompt for p in chosen], self.greedy) \
@@ -208,8 +226,8 @@ class Tracker:
         encoded = [encoder.pair(p.prompt, p.response) for p in probes]
         encoded += [EncodedPair(s.prompt_ids, s.completion_ids) for s in samples]  # the exact tokens sampled
         encoded += [encoder.pair(p.prompt, text) for p, text in zip(chosen, answers)]
-        results = score_encoded(self.model, encoded, self.tokenizer.pad_token_id, self.score_config,
-                                progress=self.progress)
+        results = score_encoded_equal_forwards(self.processes, self.model, encoded, self.tokenizer.pad_token_id,
+                                               self.score_config, progress=self.progress)
         rows = []
         for p, res in zip(probes, results):
             rows.append(_row(p.prompt_id, p.family, res.logp, res.n_tokens, res.mean_top1_prob, res.mean_entropy))

@@ -40,6 +40,7 @@ HELP = {
     "lld_alarm": "grpo: the LLD alarm (reward up while the correct samples' log π is not)",
     "lld_reward_rise": "grpo: the LLD alarm needs the reward to rise by more than this since its first window",
     "lld_logp_rise": "grpo: the LLD alarm fires while the correct samples' log π rose less than this (nats) since step 0",
+    "fsdp": "shard the model with FSDP2 (per decoder layer) over the processes torchrun / accelerate launch started",
 }
 
 

@@ -75,7 +75,8 @@ def decompose_run(run_dir: str | Path, every: int = 10, steps: int | None = None
     shutil.rmtree(src.replay_dir, ignore_errors=True)  # left by an earlier decompose that was killed
     replay_dir = Path(out) if out is not None else src.replay_dir / "run"
     try:
-        result = train(replace(cfg, out=str(replay_dir), decompose_every=every, steps=steps or cfg.steps))
+        # in this one process: a run trained sharded (--fsdp) is replayed unsharded, its losses checked as any
+        result = train(replace(cfg, out=str(replay_dir), decompose_every=every, steps=steps or cfg.steps, fsdp=False))
         gap, step = trajectory_gap(original, result.run.train_rows())
         if step is None or gap > TRAJECTORY_TOLERANCE:
             where = "no common step" if step is None else f"loss differs by {gap:.2g} (relative) at step {step}"

@@ -108,6 +108,7 @@ class TrainConfig:
     on_policy_max_new_tokens: int = 48
     on_policy_temperature: float = 1.0
     decompose_every: int = 0
+    fsdp: bool = False
     initial_sample: bool = True
     squeeze_alarm: bool = True
     reward: str = "builtin"

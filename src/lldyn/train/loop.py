@@ -10,6 +10,13 @@ Under ``accelerate launch --num_processes W`` the same loop does data parallelis
 (:class:`lldyn.distributed.Processes`): every rank holds the whole model and takes rows ``rank::W`` of
 each micro-batch (``batch_size`` stays the global micro-batch), gradients and logged statistics are
 averaged over ranks, so the run gives the numbers of a one-process run; rank 0 alone writes.
+
+With ``fsdp`` (``torchrun --nproc_per_node W -m lldyn.cli train --fsdp ...``) the model is sharded with FSDP2
+(:func:`lldyn.distributed.shard_model`): each rank still takes rows ``rank::W`` and FSDP2 averages the
+gradients while reducing them; every forward pass of the engine runs through the root
+(:func:`lldyn.distributed.root_call`); probes and reference log-probs are scored with as many forward
+passes on every rank; checkpoints are gathered whole (:func:`lldyn.checkpoint.gather_state`) and resume
+on as many processes.
 """
 from __future__ import annotations
 
@@ -23,9 +30,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from lldyn.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lldyn.checkpoint import (check_resume_processes, gather_state, latest_checkpoint, load_checkpoint,
+                              save_checkpoint)
 from lldyn.config import check
-from lldyn.distributed import Processes
+from lldyn.distributed import Processes, is_sharded, root_call, shard_model
 from lldyn.errors import LldynError
 from lldyn.losses import PREFERENCE_LOSSES, UpdateTerm
 from lldyn.models import check_model_name
@@ -144,6 +152,9 @@ def launched_processes(cfg: TrainConfig, decomposer: Any = None) -> Processes:
     """The processes ``accelerate launch`` (or ``torchrun``) started; one otherwise. What a multi-process run
     refuses is refused here, before any rank waits on another or anything is written."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    check(not cfg.fsdp or world > 1, "fsdp", "--fsdp shards the model over processes, but this is one process "
+          "(no process group)", "torchrun --nproc_per_node N (or accelerate launch --num_processes N) -m lldyn.cli "
+          "train --fsdp ..., with N > 1")
     if world <= 1:
         return Processes()
     check(cfg.batch_size % world == 0, "batch_size",
@@ -165,6 +176,8 @@ def start_job(cfg: TrainConfig, resume: bool, decomposer: Any, callbacks: Sequen
               progress: bool) -> Job:
     """Check and load everything (all refusals come before anything is written), then open the run directory,
     attach the decomposer and the tracker, and find where a resumed run continues."""
+    if resume and (ckpt := latest_checkpoint(RunDir(cfg.out).checkpoints)) is not None:
+        check_resume_processes(ckpt, int(os.environ.get("WORLD_SIZE", "1")))  # before anything is written
     procs = launched_processes(cfg, decomposer)
     prompts, reward = load_grpo_prompts(cfg) if cfg.method == "grpo" else ([], None)
     pairs, sft = load_training_data(cfg) if cfg.method != "grpo" else ([], [])
@@ -187,6 +200,9 @@ def start_job(cfg: TrainConfig, resume: bool, decomposer: Any, callbacks: Sequen
         check_model_name(cfg.ref)  # a bad --ref is refused before anything is written
     params = [p for p in lm.model.parameters() if p.requires_grad]
     procs.same_start(params)
+    if cfg.fsdp:
+        shard_model(lm.model)
+        params = [p for p in lm.model.parameters() if p.requires_grad]  # this rank's slices (FSDP2's DTensors)
     # GRPO: the first generation batch is sampled and scored now, so a reward function that fails on it is
     # refused before anything is written (the same seed gives the same batch later: nothing changes)
     first = sample_generation(lm.model, lm.tokenizer, prompts, reward, cfg, 0, 0, 0,
@@ -332,8 +348,12 @@ def phase_reference(job: Job, phase_index: int, phase: Phase, resumed: bool) -> 
     ref_model = reference_model(cfg, job.model, resumed=resumed)
     if cfg.on_policy:
         return ref_model, None
-    values = job.procs.from_main(lambda: load_or_compute_reference(
-        job.run, phase_index, ref_model, job.tokenizer, job.phase_data[phase_index], cfg))
+    if is_sharded(ref_model):  # the sharded policy itself: every rank scores its share
+        values = load_or_compute_reference(job.run, phase_index, ref_model, job.tokenizer,
+                                           job.phase_data[phase_index], cfg, job.procs)
+    else:
+        values = job.procs.from_main(lambda: load_or_compute_reference(
+            job.run, phase_index, ref_model, job.tokenizer, job.phase_data[phase_index], cfg))
     return (None if ref_model is not job.model and cfg.ref is not None else ref_model), values
 
 
@@ -356,7 +376,8 @@ def forward_backward(job: Job, phase_index: int, phase: Phase, examples: Any, in
         terms += out.terms
         for key, v in out.stats.items():
             stats[key] = stats.get(key, 0.0) + v / cfg.grad_accum
-    job.procs.average_gradients(job.params)
+    if not is_sharded(job.model):  # FSDP2 averaged them over ranks while reducing them
+        job.procs.average_gradients(job.params)
     return job.procs.mean(stats), terms
 
 
@@ -368,9 +389,15 @@ def micro_step(job: Job, phase_index: int, phase: Phase, examples: Any, index: i
     if phase.kind == "grpo":
         return grpo_step(job.model, examples.micro_batch(k, cfg.batch_size), pad_id, cfg, examples.num_items)
     batch = job.procs.shard(micro_batch(examples, cfg, phase_index, index))
-    if phase.kind == "sft":
-        return sft_step(job.model, batch, pad_id, cfg, 1.0 / cfg.grad_accum)
-    return pair_step(job.model, batch, pad_id, cfg, phase.kind, ref_values, 1.0 / cfg.grad_accum)
+
+    def step(model: Any) -> tuple[torch.Tensor, StepOutput]:
+        out = (sft_step(model, batch, pad_id, cfg, 1.0 / cfg.grad_accum) if phase.kind == "sft" else
+               pair_step(model, batch, pad_id, cfg, phase.kind, ref_values, 1.0 / cfg.grad_accum))
+        return out.loss, out  # the loss in a tuple: where a sharded root's backward hooks attach
+
+    loss, out = root_call(job.model, step)
+    out.loss = loss
+    return out
 
 
 def grpo_generation(job: Job, phase_index: int, step: int, total: int, ref_model: Any) -> Generation:
@@ -391,7 +418,10 @@ def grpo_generation(job: Job, phase_index: int, step: int, total: int, ref_model
 
 def clip_gradients(job: Job, optimizer: Any, scheduler: Any, phase_index: int, step: int) -> float:
     """Clip to ``max_grad_norm`` (0: off) and return the norm before clipping; a non-finite norm stops the run."""
-    if job.cfg.max_grad_norm > 0:
+    if is_sharded(job.model):  # DTensor gradients: torch reduces the norm over ranks (inf: only measured)
+        total = torch.nn.utils.clip_grad_norm_(job.params, job.cfg.max_grad_norm or math.inf)
+        norm = float(total.full_tensor() if hasattr(total, "full_tensor") else total)
+    elif job.cfg.max_grad_norm > 0:
         norm = float(torch.nn.utils.clip_grad_norm_(job.params, job.cfg.max_grad_norm))
     else:
         norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in job.params if p.grad is not None])))
@@ -455,16 +485,27 @@ def evaluate(job: Job, step: int) -> None:
 
 def checkpoint(job: Job, optimizer: Any, scheduler: Any, phase_index: int, step: int, phase_name: str) -> None:
     """Save a checkpoint (rank 0); weights a step overflowed (with a finite loss) are never saved."""
-    if not weights_finite(job.params):
+    if not weights_finite(job.params, job.procs):
         stop_non_finite(job, optimizer, scheduler, phase_index, step - 1, job.global_step - 1, {"weights": math.nan})
+    gathered = gather_state(job.model, optimizer) if is_sharded(job.model) else None  # every rank takes part
     job.procs.from_main(lambda: save_checkpoint(job.run.checkpoints, job.global_step, job.model, optimizer, scheduler,
-                                                {"phase": phase_index, "phase_step": step, "phase_name": phase_name},
-                                                keep=job.cfg.keep_checkpoints))
+                                                {"phase": phase_index, "phase_step": step, "phase_name": phase_name,
+                                                 **sharding_state(job)},
+                                                keep=job.cfg.keep_checkpoints, gathered=gathered))
 
 
-def weights_finite(params: Sequence[torch.nn.Parameter]) -> bool:
-    """Whether every parameter is finite (the same answer on every rank: the weights are in sync)."""
-    return all(bool(torch.isfinite(p).all()) for p in params)
+def sharding_state(job: Job) -> dict[str, int]:
+    """What a sharded run's checkpoint records: the number of processes that may resume it."""
+    return {"fsdp_processes": job.procs.world} if is_sharded(job.model) else {}
+
+
+def weights_finite(params: Sequence[torch.nn.Parameter], procs: Processes = Processes()) -> bool:
+    """Whether every parameter is finite: the same answer on every rank (the weights are in sync, or sharded:
+    each rank checks its slices and the ranks agree)."""
+    local = all(bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()) for p in params)
+    if not any(hasattr(p, "to_local") for p in params):
+        return local
+    return procs.all_finite(torch.tensor(0.0 if local else math.nan, device=procs.device))
 
 
 def stop_non_finite(job: Job, optimizer: Any, scheduler: Any, phase_index: int, phase_step: int, global_step: int,
@@ -472,16 +513,18 @@ def stop_non_finite(job: Job, optimizer: Any, scheduler: Any, phase_index: int, 
     """Keep the last good weights (this step has not been applied) and stop with a clear message (all ranks
     stop here together; rank 0 writes)."""
     optimizer.zero_grad(set_to_none=True)
+    # The weights themselves may already be non-finite (an earlier step overflowed them without a
+    # non-finite loss): those are never saved; the last checkpoint stays the last good one.
+    finite = weights_finite(job.params, job.procs)
+    gathered = gather_state(job.model, optimizer) if finite and is_sharded(job.model) else None
 
     def keep_last_good() -> Path | None:
         last = latest_checkpoint(job.run.checkpoints)
-        # The weights themselves may already be non-finite (an earlier step overflowed them without a
-        # non-finite loss): those are never saved; the last checkpoint stays the last good one.
-        finite = weights_finite([p for p in job.model.parameters() if p.requires_grad])
         if finite and (last is None or int(last.name.split("-")[-1]) != global_step):
             last = save_checkpoint(job.run.checkpoints, global_step, job.model, optimizer, scheduler,
-                                   {"phase": phase_index, "phase_step": phase_step, "stopped": "non-finite"},
-                                   keep=job.cfg.keep_checkpoints + 1)
+                                   {"phase": phase_index, "phase_step": phase_step, "stopped": "non-finite",
+                                    **sharding_state(job)},
+                                   keep=job.cfg.keep_checkpoints + 1, gathered=gathered)
         job.run.log(StoppedRow(global_step + 1, "non-finite loss, gradient or weights", finite,
                                {k: (v if math.isfinite(v) else str(v)) for k, v in stats.items()}))
         return last

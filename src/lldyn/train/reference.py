@@ -12,10 +12,11 @@ import copy
 from dataclasses import replace
 from typing import Any, NamedTuple, Sequence
 
+from lldyn.distributed import Processes, equal_shares, score_equal_forwards
 from lldyn.models import load_model
 from lldyn.rundir import RunDir
 from lldyn.runs import is_run_dir, load_run_model, load_start_model
-from lldyn.scoring import EncodedPair, ScoreRequest, score, score_encoded
+from lldyn.scoring import EncodedPair, ScoreRequest, score_encoded
 from lldyn.train.batches import Example
 from lldyn.train.config import TrainConfig
 
@@ -27,17 +28,24 @@ class AdapterDisabled(NamedTuple):
     model: Any
 
 
-def reference_logps(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: TrainConfig
-                    ) -> dict[str, tuple[float, float]]:
-    """log π_ref(y+), log π_ref(y−) of every pair with the engine (no grad, prefix shared)."""
+def reference_logps(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: TrainConfig,
+                    procs: Processes = Processes()) -> dict[str, tuple[float, float]]:
+    """log π_ref(y+), log π_ref(y−) of every pair with the engine (no grad, prefix shared). With ``procs`` of
+    several ranks (a sharded policy serving as its own reference), every rank scores its equal share of the
+    pairs with as many forward passes as the others and every rank gets all values."""
     if isinstance(model, AdapterDisabled):
         with model.model.disable_adapter():
-            return reference_logps(model.model, tokenizer, examples, cfg)
+            return reference_logps(model.model, tokenizer, examples, cfg, procs)
+    mine = [e for e in equal_shares(examples, procs.rank, procs.world) if e is not None]
     reqs = []
-    for e in examples:
+    for e in mine:
         reqs += [ScoreRequest(e.prompt, e.chosen), ScoreRequest(e.prompt, e.rejected or "")]
-    res = score(model, tokenizer, reqs, cfg.scoring())
-    return {e.id: (res[2 * i].logp, res[2 * i + 1].logp) for i, e in enumerate(examples)}
+    res = score_equal_forwards(procs, model, tokenizer, reqs, cfg.scoring())
+    values = {e.id: (res[2 * i].logp, res[2 * i + 1].logp) for i, e in enumerate(mine)}
+    if procs.world == 1:
+        return values
+    every = {k: v for part in procs.gather(values) for k, v in part.items()}
+    return {e.id: every[e.id] for e in examples}
 
 
 def reference_token_logps(model: Any, encoded: Sequence[EncodedPair], pad_id: int, cfg: TrainConfig
@@ -51,13 +59,15 @@ def reference_token_logps(model: Any, encoded: Sequence[EncodedPair], pad_id: in
 
 
 def load_or_compute_reference(run: RunDir | None, phase_index: int, ref_model: Any, tokenizer: Any,
-                              examples: Sequence[Example], cfg: TrainConfig) -> dict[str, tuple[float, float]]:
-    """Reference log-probs of a phase, kept in the run directory so a resumed run uses the same ones."""
-    stored = run.reference_logps(phase_index) if run is not None else None
+                              examples: Sequence[Example], cfg: TrainConfig, procs: Processes = Processes()
+                              ) -> dict[str, tuple[float, float]]:
+    """Reference log-probs of a phase, kept in the run directory so a resumed run uses the same ones. With
+    ``procs`` (a sharded policy as its own reference) every rank calls it: rank 0 reads, all score, rank 0 writes."""
+    stored = procs.from_main(lambda: run.reference_logps(phase_index)) if run is not None else None
     if stored is not None and all(e.id in stored for e in examples):
         return stored
-    ref = reference_logps(ref_model, tokenizer, examples, cfg)
-    if run is not None:
+    ref = reference_logps(ref_model, tokenizer, examples, cfg, procs)
+    if run is not None and procs.is_main:
         run.write_reference_logps(phase_index, ref)
     return ref
 
