@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from lldyn.config import build_config, check, config_to_dict
 from lldyn.losses import GRPO_LOSSES, PREFERENCE_LOSSES, SCALE_REWARDS
-from lldyn.models import ModelConfig
+from lldyn.models import ModelConfig, check_dtype_on_device
 from lldyn.rundir import RunDir
 from lldyn.runs import model_config
 from lldyn.scoring import ScoreConfig
@@ -154,6 +154,7 @@ class TrainConfig:
                   "hf:MODEL, openai:MODEL or module:function")
         if grpo:
             check_grpo(self)
+        check_dtype_on_device(self.dtype, self.device)
 
     def scoring(self) -> ScoreConfig:
         """The engine's tokenisation for this run (``max_prompt_tokens`` 0 or None: no separate prompt cap)."""
