@@ -27,6 +27,9 @@ HELP = {
     "on_policy": "sample two responses per prompt from the current policy and label them with --preference-source",
     "preference_source": "hf:MODEL, openai:MODEL (with --base-url) or module:function (a reward function)",
     "decompose_every": "record the first-order decomposition every N steps (0 = off)",
+    "report_to": "none | tensorboard (event files in RUN/tensorboard) | wandb (an offline run in RUN/wandb): the "
+                 "scalars of metrics.jsonl",
+    "dtype": "float32 | bfloat16 | float16: the weights' dtype (log-softmax and sums stay float32)",
 }
 
 

@@ -29,11 +29,12 @@ from lldyn.distributed import Processes
 from lldyn.errors import LldynError
 from lldyn.losses import PREFERENCE_LOSSES, UpdateTerm
 from lldyn.models import check_model_name
+from lldyn.report_to import check_report_to, open_sink
 from lldyn.rundir import RunDir, StoppedRow, TrackSummary, TrainRow
 from lldyn.runs import is_run_dir, load_start_model
 from lldyn.scoring import Encoder
 from lldyn.train.batches import check_batch, encode_phase_data, load_training_data, micro_batch
-from lldyn.train.config import Phase, TrainConfig, phase_length, phases, run_config
+from lldyn.train.config import RESUME_FREE, Phase, TrainConfig, phase_length, phases, run_config
 from lldyn.train.grpo import Generation, encode_prompts, load_grpo_prompts, sample_generation, with_reference
 from lldyn.train.on_policy import on_policy_examples
 from lldyn.train.optim import make_optimizer, make_scheduler
@@ -69,6 +70,7 @@ class Job:
     first_generation: Generation | None = None
     tracker: Any = None
     decomposer: Any = None
+    sink: Any = None  # --report-to: lldyn.report_to's TensorBoard / W&B sink, a listener of run
     checkpoint: Path | None = None
     resume_phase: int = 0
     resume_step: int = 0
@@ -131,6 +133,8 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
         track_phase_end(job)
         del ref_model
     job.procs.wait()  # no rank leaves (and tears down the process group) while rank 0 still writes
+    if job.sink is not None:
+        job.sink.close()
     last = job.last_summary or (job.tracker.history[-1] if job.tracker and job.tracker.history else None)
     return TrainResult(job.run, job.model, job.tokenizer, job.global_step, last)
 
@@ -189,9 +193,12 @@ def start_job(cfg: TrainConfig, resume: bool, decomposer: Any, callbacks: Sequen
     # refused before anything is written (the same seed gives the same batch later: nothing changes)
     first = sample_generation(lm.model, lm.tokenizer, prompts, reward, cfg, 0, 0, 0,
                               phase_length(plan[0], len(prompts), cfg)) if reward is not None and not resume else None
-    run = procs.from_main(lambda: RunDir.create(cfg.out, run_config(cfg), resume=resume))
+    check_report_to(cfg.report_to)
+    run = procs.from_main(lambda: RunDir.create(cfg.out, run_config(cfg), resume=resume, ignore_keys=RESUME_FREE))
     job = Job(cfg, procs, run, lm.model, lm.tokenizer, params, encoder, pairs, plan, phase_data, source, reward,
               first, progress=progress)
+    if procs.is_main:
+        job.sink = open_sink(cfg.report_to, run)
     job.decomposer = decomposer if decomposer is not None else make_decomposer(job)
     job.tracker = make_tracker(job, callbacks)
     find_resume_point(job, resume)
