@@ -122,7 +122,7 @@ def memory_child(kind: str) -> None:
     if kind.startswith("score"):
         from lldyn.scoring import score_encoded
 
-        score_encoded(model, encoded, pad_id, ScoreConfig(max_length=2048))
+        score_encoded(model, encoded, pad_id, ScoreConfig(max_length=2048, packing="-packed" in kind))
     else:
         bare_forward(model, encoded, pad_id, batch=8)
     done.set()
@@ -130,14 +130,14 @@ def memory_child(kind: str) -> None:
     print(json.dumps({"kind": kind, "peak_growth_mib": (peak - base) / 2**20}))
 
 
-def memory_ratio(suffix: str = "") -> tuple[float, float]:
-    """Peak RSS growth (MiB) of scoring and of the bare forward, each in a fresh process."""
+def memory_ratio(suffix: str = "") -> tuple[float, float, float]:
+    """Peak RSS growth (MiB) of scoring padded, packed and of the bare forward, each in a fresh process."""
     mem = []
-    for kind in ("score", "bare"):
+    for kind in ("score", "score-packed", "bare"):
         out = subprocess.run([sys.executable, __file__, "--memory-child", kind + suffix], capture_output=True,
                              text=True, check=True).stdout.strip().splitlines()[-1]
         mem.append(json.loads(out)["peak_growth_mib"])
-    return mem[0], mem[1]
+    return mem[0], mem[1], mem[2]
 
 
 def main() -> None:
@@ -150,11 +150,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2,
                     help="interleaved rounds of the engine padded / packed (each engine's best round is reported)")
     ap.add_argument("--skip-memory", action="store_true", help="no memory measurements")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory measurements")
+    ap.add_argument("--skip-bare", action="store_true", help="no (b) bare forward")
+    ap.add_argument("--reference-sample", type=int, default=104, help="responses (a) is timed on (scaled to all)")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
         memory_child(args.memory_child)
         return
+    if args.memory_only:
+        return print_memory()
     lm = load_model(ModelConfig())
     model, tok = lm.model, lm.tokenizer
     reqs = build_requests(args.prompts, args.per_prompt, args.data)
@@ -176,8 +181,8 @@ def main() -> None:
             out: list = []
             times[name].append(timed(lambda: out.extend(score(model, tok, reqs, cfg))))
             results[name] = out
-    t_bare = timed(lambda: bare_forward(model, pairs, tok.pad_token_id))
-    sub = list(range(0, n, max(1, n // 104)))  # (a) is slow: time a spread sample and scale
+    t_bare = float("nan") if args.skip_bare else timed(lambda: bare_forward(model, pairs, tok.pad_token_id))
+    sub = list(range(0, n, max(1, n // args.reference_sample)))  # (a) is slow: time a spread sample and scale
     ref = {}
     t_ref_sample = timed(lambda: ref.update({i: naive_logp(model, pairs[i]) for i in sub}))
     t_ref = t_ref_sample * n / len(sub)
@@ -193,14 +198,16 @@ def main() -> None:
     print(f"(b) bare forward     : {t_bare:8.2f} s  {n / t_bare:8.1f} responses/s")
     print(f"packed vs padded     : {min(times['padded']) / min(times['packed']):6.2f}x faster, "
           f"max |logp difference| {gap:.2e}")
-    if args.skip_memory:
-        return
-    score_mib, bare_mib = memory_ratio()
-    print(f"peak memory @512 tokens, 8 sequences: lldyn {score_mib:.0f} MiB, bare forward {bare_mib:.0f} MiB, "
-          f"ratio {score_mib / bare_mib:.2f} (goal <= 1.3)")
-    score_mib, bare_mib = memory_ratio("-bigvocab")
-    print(f"peak memory @512 tokens, 4 sequences, random 2-layer Llama with V = {BIG_VOCAB:,}: lldyn {score_mib:.0f} "
-          f"MiB, bare forward {bare_mib:.0f} MiB, ratio {score_mib / bare_mib:.2f} (goal <= 1.3)")
+    if not args.skip_memory:
+        print_memory()
+
+
+def print_memory() -> None:
+    for suffix, what in (("", "8 sequences, SmolLM2"),
+                         ("-bigvocab", f"4 sequences, random 2-layer Llama with V = {BIG_VOCAB:,}")):
+        padded, packed, bare = memory_ratio(suffix)
+        print(f"peak memory @512 tokens, {what}: lldyn {padded:.0f} MiB (packed {packed:.0f} MiB), bare forward "
+              f"{bare:.0f} MiB, ratio {padded / bare:.2f} (packed {packed / bare:.2f}; goal <= 1.3)")
 
 
 if __name__ == "__main__":
