@@ -257,3 +257,23 @@ def test_packed_scoring_equals_padded_on_smollm2_and_hh(smollm2):
         # per token, float32 noise through 30 layers: packed vs padded measured 2.1e-5, and the padded path
         # against itself without prefix sharing 1.9e-5
         assert max(abs(x - y) for x, y in zip(a.token_logps, b.token_logps)) <= 5e-5
+
+
+def test_big_vocabulary_scores_like_the_full_log_softmax():
+    """V = 151,936 (Qwen2.5's vocabulary) on a tiny random Llama: the chunked head (small chunks, so that several
+    run) gives the full log-softmax's log π and y*, padded and packed."""
+    from lldyn.models import build_tiny_model
+
+    V = 151_936
+    model = build_tiny_model(vocab_size=V, hidden_size=32).eval()
+    gen = torch.Generator().manual_seed(0)
+    ids = lambda n: tuple(torch.randint(0, V, (n,), generator=gen).tolist())  # noqa: E731
+    prompt = ids(9)
+    pairs = [EncodedPair(prompt, ids(5)), EncodedPair(prompt, ids(12)), EncodedPair(ids(4), ids(7))]
+    for config in (ScoreConfig(chunk_size=5), ScoreConfig(chunk_size=5, packing=True)):
+        results = score_encoded(model, pairs, pad_id=0, config=config)
+        for pair, res in zip(pairs, results):
+            ref_logp, ref_star = naive_logp(model, pair)
+            assert res.logp == pytest.approx(ref_logp, abs=1e-4, rel=1e-5)
+            assert res.argmax_logp == pytest.approx(ref_star, abs=1e-4, rel=1e-5)
+            assert res.n_tokens == len(pair.response_ids) and max(res.argmax_ids) < V
