@@ -17,7 +17,8 @@ Two entry points share the same encoding and the same chunked head:
 * :func:`sequence_logps` — differentiable, full sequences (training, forward-mode decomposition);
 * :func:`score` — no grad, for many responses: length-bucketed batches, and the prompt's forward
   pass is shared by all responses of that prompt through the key/value cache (a probe set scores
-  ~13 responses per prompt).
+  ~13 responses per prompt); with ``ScoreConfig(packing=True)`` the same work runs without padding, each
+  prompt and its responses laid out in one packed row under a 4D mask (:func:`pack_rows`, :func:`packed_logps`).
 
 Neither ever materialises a batch × length × vocab float32 tensor: hidden states of the response
 positions only go through the output layer, ``chunk_size`` positions at a time. Results do not depend
