@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.lldyn-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -31,7 +31,12 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	for b in bench/*.py; do $(PY) $$b || exit 1; done
+	for b in scoring tracking training decompose precision; do $(PY) bench/$$b.py || exit 1; done
+
+# One shot on a CUDA machine (a few minutes): scoring, tracking, DPO vs TRL, decomposition on a random
+# Qwen2.5-0.5B-shaped model in bf16. `$(PY) bench/gpu.py --cpu-tiny` is the same code on the CPU, in seconds.
+bench-gpu: $(STAMP)
+	$(PY) bench/gpu.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -14,7 +14,7 @@ LAYERS = (
     ("lldyn", "errors", "io", "config"),
     ("data", "losses", "models", "checkpoint", "scoring", "endpoint", "testing", "degeneration", "reference_answer",
      "rewards"),
-    ("rundir", "runs", "distributed"),
+    ("rundir", "runs", "distributed", "report_to"),
     ("generation", "probes", "rephrase", "tracking", "serve", "policy_samples"),
     ("decompose", "squeeze", "preferences", "judge", "summary"),
     ("train", "predict"),

@@ -10,6 +10,8 @@ from lldyn.scoring import (Encoder, EncodedPair, ScoreConfig, ScoreRequest, Toke
                            score, score_encoded, sequence_logps, truncate_pair)
 from lldyn.testing import naive_logp
 
+from conftest import HH_PAIRS, requires_shared, requires_smollm2
+
 CHAT = [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello!"},
         {"role": "user", "content": "what is 2+2?"}]
 REQUESTS = [
@@ -70,16 +72,14 @@ def test_differentiable_path_matches_scoring_and_has_gradients(tiny_fresh):
     model, tok = tiny_fresh.model, tiny_fresh.tokenizer
     enc = Encoder(tok, ScoreConfig())
     pairs = [enc.pair(r.prompt, r.response) for r in REQUESTS]
-    grad_plain = None  # the gradient without head checkpointing, from the first pass
+    grads = {}
     for ckpt in (False, True):
         stats = sequence_logps(model, collate(pairs, tok.pad_token_id), checkpoint_head=ckpt)
         stats.logps.sum().backward()
-        grad = model.lm_head.weight.grad.clone()
+        grads[ckpt] = model.lm_head.weight.grad.clone()
         model.zero_grad()
-        assert grad.abs().sum() > 0
-        if ckpt:
-            assert torch.allclose(grad, grad_plain, atol=1e-6)
-        grad_plain = grad
+        assert grads[ckpt].abs().sum() > 0
+    assert torch.allclose(grads[True], grads[False], atol=1e-6)
     scored = score(model, tok, REQUESTS)
     assert stats.logps.detach().tolist() == pytest.approx([r.logp for r in scored], abs=1e-5)
 
@@ -175,3 +175,105 @@ def test_collate_positions_skip_padding(tiny):
     assert tb.input_ids.tolist() == [[0, 1, 2, 3], [1, 2, 3, 4]]
     assert tb.position_ids.tolist() == [[0, 0, 1, 2], [0, 1, 2, 3]]
     assert tb.response_start.tolist() == [3, 1] and tb.response_len.tolist() == [1, 3]
+
+
+# --------------------------------------------------------------------------- packed scoring (no padding)
+
+MANY = REQUESTS + [ScoreRequest("Name a colour.", "Red, or green; " * k) for k in range(1, 6)] + [
+    ScoreRequest(CHAT, "Four, " * 9 + "I think.")]
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("config", [
+    ScoreConfig(packing=True),                                      # every group in one row
+    ScoreConfig(packing=True, pack_length=40, batch_tokens=80),     # groups split, rows repeat their prompt
+    ScoreConfig(packing=True, pack_length=8, max_batch=1),          # one group segment per row, one row per pass
+])
+def test_packed_scoring_equals_the_padded_path(attn, config):
+    from lldyn.models import ModelConfig, load_model
+    from lldyn.scoring import can_pack
+
+    lm = load_model(ModelConfig(name="tiny-random-llama", attn_implementation=attn))
+    assert can_pack(lm.model)
+    padded = score(lm.model, lm.tokenizer, MANY, ScoreConfig(), per_token=True)
+    packed = score(lm.model, lm.tokenizer, MANY, config, per_token=True)
+    for a, b in zip(padded, packed):
+        assert a.n_tokens == b.n_tokens
+        assert abs(a.logp - b.logp) <= 1e-5 * max(1.0, abs(a.logp))
+        assert abs(a.argmax_logp - b.argmax_logp) <= 1e-5 * max(1.0, abs(a.argmax_logp))
+        assert abs(a.mean_entropy - b.mean_entropy) <= 1e-5
+        assert a.argmax_ids == b.argmax_ids
+        assert max(abs(x - y) for x, y in zip(a.token_logps, b.token_logps)) <= 1e-5
+
+
+def test_pack_rows_lays_every_pair_out_once_within_the_row_length(tiny):
+    from lldyn.scoring import pack_rows
+
+    enc = Encoder(tiny.tokenizer, ScoreConfig())
+    pairs = [enc.pair(r.prompt, r.response) for r in MANY]
+    longest = max(len(p.prompt_ids) + len(p.response_ids) for p in pairs)
+    for pack_length in (1, 40, 10_000):
+        rows = pack_rows(pairs, pack_length)
+        placed = sorted(i for row in rows for _, members in row.groups for i in members)
+        assert placed == list(range(len(pairs)))
+        for row in rows:
+            assert row.length == sum(len(p) + sum(len(pairs[i].response_ids) for i in m) for p, m in row.groups)
+            assert row.length <= max(pack_length, longest)
+            assert all(pairs[i].prompt_ids == p for p, m in row.groups for i in m)
+        assert [r.length for r in rows] == sorted(r.length for r in rows)
+    # one row holds everything when it may: each distinct prompt appears once
+    (row,) = pack_rows(pairs, 10_000)
+    assert len(row.groups) == len({p.prompt_ids for p in pairs})
+
+
+def test_packing_falls_back_for_a_model_without_a_4d_mask():
+    from types import SimpleNamespace
+
+    from lldyn.scoring import can_pack
+
+    llama = dict(model_type="llama", _attn_implementation="sdpa", sliding_window=None)
+    assert can_pack(SimpleNamespace(config=SimpleNamespace(**llama)))
+    assert not can_pack(SimpleNamespace(config=SimpleNamespace(**{**llama, "_attn_implementation": "flash_attention_2"})))
+    assert not can_pack(SimpleNamespace(config=SimpleNamespace(**{**llama, "sliding_window": 4096})))
+    assert not can_pack(SimpleNamespace(config=SimpleNamespace(**{**llama, "model_type": "gpt2"})))
+    # a model without a config (the hand-worked Markov LM) scores through the padded path
+    model = _MarkovLM(torch.tensor([[0.75, 0.25], [0.4, 0.6]]))
+    res = score_encoded(model, [EncodedPair((0,), (1, 1, 0))], 0, ScoreConfig(packing=True, prefix_sharing=False))[0]
+    assert res.logp == pytest.approx(math.log(0.25) + math.log(0.6) + math.log(0.4), abs=1e-6)
+
+
+@pytest.mark.slow
+@requires_smollm2
+@requires_shared
+def test_packed_scoring_equals_padded_on_smollm2_and_hh(smollm2):
+    from lldyn.data import load_preferences
+
+    pairs = load_preferences(str(HH_PAIRS), limit=4)
+    reqs = [ScoreRequest(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected, pairs[0].chosen)]
+    padded = score(smollm2.model, smollm2.tokenizer, reqs, ScoreConfig(), per_token=True)
+    packed = score(smollm2.model, smollm2.tokenizer, reqs, ScoreConfig(packing=True), per_token=True)
+    for a, b in zip(padded, packed):
+        assert abs(a.logp - b.logp) <= 1e-5 * max(1.0, abs(a.logp))
+        # per token, float32 noise through 30 layers: packed vs padded measured 2.1e-5, and the padded path
+        # against itself without prefix sharing 1.9e-5
+        assert max(abs(x - y) for x, y in zip(a.token_logps, b.token_logps)) <= 5e-5
+
+
+def test_big_vocabulary_scores_like_the_full_log_softmax():
+    """V = 151,936 (Qwen2.5's vocabulary) on a tiny random Llama: the chunked head (small chunks, so that several
+    run) gives the full log-softmax's log π and y*, padded and packed."""
+    from lldyn.models import build_tiny_model
+
+    V = 151_936
+    model = build_tiny_model(vocab_size=V, hidden_size=32).eval()
+    gen = torch.Generator().manual_seed(0)
+    ids = lambda n: tuple(torch.randint(0, V, (n,), generator=gen).tolist())  # noqa: E731
+    prompt = ids(9)
+    pairs = [EncodedPair(prompt, ids(5)), EncodedPair(prompt, ids(12)), EncodedPair(ids(4), ids(7))]
+    for config in (ScoreConfig(chunk_size=5), ScoreConfig(chunk_size=5, packing=True)):
+        results = score_encoded(model, pairs, pad_id=0, config=config)
+        for pair, res in zip(pairs, results):
+            ref_logp, ref_star = naive_logp(model, pair)
+            assert res.logp == pytest.approx(ref_logp, abs=1e-4, rel=1e-5)
+            assert res.argmax_logp == pytest.approx(ref_star, abs=1e-4, rel=1e-5)
+            assert res.n_tokens == len(pair.response_ids) and max(res.argmax_ids) < V

@@ -59,6 +59,21 @@ class ModelConfig:
         check(bool(self.name), "model", "empty model name", "an alias, a .gguf file, a directory or a Hub id")
         check(self.dtype in _DTYPES, "dtype", f"unknown dtype {self.dtype!r}", "one of " + ", ".join(_DTYPES))
         check(self.lora_r >= 0, "lora_r", f"lora_r must be >= 0, got {self.lora_r}", "0 (off) or a rank")
+        check_dtype_on_device(self.dtype, self.device)
+
+
+def check_dtype_on_device(dtype: str, device: str) -> None:
+    """Refuse bfloat16 on a CUDA device without it (compute capability < 8.0: V100, T4 ...) before anything loads
+    or is written: there it would run through slow emulation or fail inside a kernel. CPUs run bfloat16."""
+    if dtype != "bfloat16" or not str(device).startswith("cuda"):
+        return
+    import torch
+
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported(including_emulation=False):
+        name = torch.cuda.get_device_name(torch.device(device))
+        raise LldynError(f"bfloat16 is not supported on {device} ({name})", field="dtype",
+                         expected="--dtype float32 (or float16 on this GPU), or a GPU with bfloat16 (compute "
+                                  "capability >= 8.0)")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 from lldyn.data import PreferenceExample, parse_preference_row, read_rows
 from lldyn.errors import LldynError
@@ -48,6 +48,7 @@ REPORT = "report.html"
 ON_POLICY = "on_policy"
 GRPO = "grpo"
 REPLAY = ".decompose-replay"
+TENSORBOARD = "tensorboard"
 # ``sample``: the index of a policy sample among its prompt's draws (families sample_correct / sample_incorrect)
 PROBE_COLUMNS = ("step", "prompt_id", "family", "sample", "logp", "n_tokens", "mean_logp", "top1", "entropy", "text")
 
@@ -278,6 +279,8 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        # callables that receive every row logged after metrics.jsonl has it (``--report-to``: lldyn.report_to)
+        self.listeners: list[Callable[[MetricsRow], None]] = []
 
     @classmethod
     def create(cls, path: str | Path, config: Mapping[str, Any], resume: bool = False,
@@ -313,6 +316,11 @@ class RunDir:
     @property
     def metrics_path(self) -> Path:
         return self.path / METRICS
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """``RUN/tensorboard``: the event files of ``--report-to tensorboard``."""
+        return self.path / TENSORBOARD
 
     @property
     def probes_path(self) -> Path:
@@ -364,6 +372,8 @@ class RunDir:
     def log(self, row: MetricsRow) -> None:
         """Append one typed row to ``metrics.jsonl``."""
         append_jsonl(self.metrics_path, [row.to_json()])
+        for listener in self.listeners:
+            listener(row)
 
     def _rows(self, kind: type) -> list[Any]:
         if not self.metrics_path.is_file():

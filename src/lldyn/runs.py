@@ -85,10 +85,21 @@ def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None,
     return lm
 
 
-def load_model_or_run(spec: str | Path, trust_remote_code: bool = False) -> LoadedModel:
-    """A model spec, an lldyn run directory (its latest checkpoint) or one checkpoint of a run → LoadedModel."""
-    if is_checkpoint_dir(spec):
-        return load_run_model(Path(spec).parent.parent, spec, trust_remote_code=trust_remote_code)
-    if is_run_dir(spec) or RunDir(spec).metrics_path.is_file():  # a run without checkpoints: a clear error
-        return load_run_model(spec, trust_remote_code=trust_remote_code)
-    return load_model(ModelConfig(name=str(spec), trust_remote_code=trust_remote_code))
+def load_model_or_run(spec: str | Path, trust_remote_code: bool = False, dtype: str | None = None) -> LoadedModel:
+    """A model spec, an lldyn run directory (its latest checkpoint) or one checkpoint of a run → LoadedModel.
+
+    ``dtype`` (float32, bfloat16, float16): the weights' dtype (default: float32, or the run's own dtype); the
+    engine computes log-softmax and sums in float32 whatever it is.
+    """
+    if dtype is not None:
+        build_config(ModelConfig, {"name": str(spec), "dtype": dtype})  # an unknown dtype is refused before loading
+    if is_checkpoint_dir(spec) or is_run_dir(spec) or RunDir(spec).metrics_path.is_file():
+        # a run without checkpoints: a clear error from load_run_model
+        run_dir, ckpt = (Path(spec).parent.parent, spec) if is_checkpoint_dir(spec) else (spec, None)
+        lm = load_run_model(run_dir, ckpt, trust_remote_code=trust_remote_code)
+        if dtype is not None:
+            from lldyn.models import _torch_dtype
+
+            lm.model.to(_torch_dtype(dtype))
+        return lm
+    return load_model(ModelConfig(name=str(spec), trust_remote_code=trust_remote_code, dtype=dtype or "float32"))

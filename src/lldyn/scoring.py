@@ -17,7 +17,8 @@ Two entry points share the same encoding and the same chunked head:
 * :func:`sequence_logps` — differentiable, full sequences (training, forward-mode decomposition);
 * :func:`score` — no grad, for many responses: length-bucketed batches, and the prompt's forward
   pass is shared by all responses of that prompt through the key/value cache (a probe set scores
-  ~13 responses per prompt).
+  ~13 responses per prompt); with ``ScoreConfig(packing=True)`` the same work runs without padding, each
+  prompt and its responses laid out in one packed row under a 4D mask (:func:`pack_rows`, :func:`packed_logps`).
 
 Neither ever materialises a batch × length × vocab float32 tensor: hidden states of the response
 positions only go through the output layer, ``chunk_size`` positions at a time. Results do not depend
@@ -52,6 +53,11 @@ class ScoreConfig:
     max_batch: most sequences in one forward pass.
     prefix_sharing: share a prompt's forward pass across its responses (key/value cache).
     chunk_size: response positions sent through the output layer at once (memory ≈ chunk × vocab × 4 B).
+    packing: no padding at all: each prompt and its responses are laid out in one row (the prompt once, each
+        response after it with its own position ids and a mask that lets it see the prompt and itself only),
+        several such groups per row up to ``pack_length`` tokens (see :func:`pack_rows`). Used for models whose
+        decoder takes a 4D mask (:func:`can_pack`); others fall back to prefix sharing.
+    pack_length: tokens of one packed row (a group longer than this gets a row of its own length).
     """
 
     template: bool = True
@@ -62,12 +68,14 @@ class ScoreConfig:
     max_batch: int = 32
     prefix_sharing: bool = True
     chunk_size: int = 512
+    packing: bool = False
+    pack_length: int = 1024
 
     def __post_init__(self) -> None:
         check(self.max_length > 1, "max_length", f"must be > 1, got {self.max_length}", "an integer > 1")
         check(self.max_prompt_tokens is None or 0 < self.max_prompt_tokens < self.max_length, "max_prompt_tokens",
               f"must be in (0, max_length), got {self.max_prompt_tokens}", "an integer below max_length")
-        for name in ("batch_tokens", "max_batch", "chunk_size"):
+        for name in ("batch_tokens", "max_batch", "chunk_size", "pack_length"):
             check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}", "a positive integer")
 
 
@@ -506,16 +514,130 @@ def shared_prompt_logps(model: Any, pairs: Sequence[EncodedPair], pad_id: int,
                              pad_id, chunk_size, with_stats=False)
 
 
+# Decoders whose attention takes lldyn's 4D additive mask as is (transformers' masking_utils returns a 4D mask
+# untouched) and that have no sliding-window layers; eager and sdpa attention only (flash has no 4D mask).
+PACKABLE_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def can_pack(model: Any) -> bool:
+    """Whether :func:`packed_logps` can score with ``model`` (else the engine uses prefix sharing)."""
+    cfg = getattr(model, "config", None)
+    return (getattr(cfg, "model_type", None) in PACKABLE_MODEL_TYPES
+            and getattr(cfg, "_attn_implementation", None) in ("eager", "sdpa")
+            and not getattr(cfg, "sliding_window", None))
+
+
+class PackedRow(NamedTuple):
+    """One packed row: groups ``(prompt_ids, [indices of its responses])`` laid out one after the other."""
+
+    groups: list[tuple[tuple[int, ...], list[int]]]
+    length: int
+
+
+def pack_rows(encoded: Sequence[EncodedPair], pack_length: int) -> list[PackedRow]:
+    """Lay every pair out once, prompts shared: a prompt's responses (shortest first) follow it in segments of at
+    most ``max(pack_length, longest pair)`` tokens (a segment that would be longer repeats the prompt), and
+    segments fill rows first-fit, longest first. Returns the rows sorted by length."""
+    cap = max([pack_length] + [len(p.prompt_ids) + len(p.response_ids) for p in encoded])
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i, pair in enumerate(encoded):
+        by_prompt.setdefault(pair.prompt_ids, []).append(i)
+    segments: list[tuple[tuple[int, ...], list[int], int]] = []
+    for prompt, members in by_prompt.items():
+        seg: list[int] = []
+        used = len(prompt)
+        for i in sorted(members, key=lambda i: len(encoded[i].response_ids)):
+            n = len(encoded[i].response_ids)
+            if seg and used + n > cap:
+                segments.append((prompt, seg, used))
+                seg, used = [], len(prompt)
+            seg.append(i)
+            used += n
+        segments.append((prompt, seg, used))
+    rows: list[PackedRow] = []
+    for prompt, seg, size in sorted(segments, key=lambda s: -s[2]):
+        for r, row in enumerate(rows):
+            if row.length + size <= cap:
+                row.groups.append((prompt, seg))
+                rows[r] = PackedRow(row.groups, row.length + size)
+                break
+        else:
+            rows.append(PackedRow([(prompt, seg)], size))
+    return sorted(rows, key=lambda r: r.length)
+
+
+def packed_logps(model: Any, encoded: Sequence[EncodedPair], rows: Sequence[PackedRow], pad_id: int,
+                 chunk_size: int = 512, with_stats: bool = True) -> tuple[list[int], TokenStats]:
+    """One forward pass over N packed ``rows`` of length ≤ L, no padding inside a row.
+
+    Each token carries its group g and branch b (0 = the prompt, k = its k-th response); a query may see a key
+    of the same group, not after it, that is in the prompt or in its own response, so each response sees exactly
+    (its prompt, its own prefix), with position ids continuing its prompt's, as in a padded full sequence.
+
+    Returns the indices of the R responses scored (into ``encoded``) and their TokenStats (R, T).
+    """
+    device = next(model.parameters()).device
+    N, L = len(rows), max(r.length for r in rows)
+    ids = torch.full((N, L), pad_id, dtype=torch.long)
+    pos = torch.zeros((N, L), dtype=torch.long)
+    group = torch.full((N, L), -1, dtype=torch.long)
+    branch = torch.zeros((N, L), dtype=torch.long)
+    order: list[int] = []
+    pred: list[torch.Tensor] = []  # per response: flat positions (in N*L) of the states predicting its tokens
+    for r, row in enumerate(rows):
+        at = 0
+        for g, (prompt, members) in enumerate(row.groups):
+            lp = len(prompt)
+            ids[r, at:at + lp] = torch.tensor(prompt)
+            pos[r, at:at + lp] = torch.arange(lp)
+            group[r, at:at + lp] = g
+            last_prompt = r * L + at + lp - 1
+            at += lp
+            for b, i in enumerate(members, start=1):
+                resp = encoded[i].response_ids
+                n = len(resp)
+                ids[r, at:at + n] = torch.tensor(resp)
+                pos[r, at:at + n] = torch.arange(lp, lp + n)
+                group[r, at:at + n] = g
+                branch[r, at:at + n] = b
+                pred.append(torch.cat([torch.tensor([last_prompt]), r * L + at + torch.arange(n - 1)]))
+                order.append(i)
+                at += n
+    q, k = (slice(None), slice(None), None), (slice(None), None, slice(None))
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    allowed = (group[q] == group[k]) & (group[q] >= 0) & causal & ((branch[k] == 0) | (branch[q] == branch[k]))
+    allowed |= torch.eye(L, dtype=torch.bool)  # padding sees itself (no empty softmax row); nothing sees padding
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros((N, 1, L, L), dtype=dtype).masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 position_ids=pos.to(device), use_cache=False).last_hidden_state  # (N, L, H)
+    T = max(len(p) for p in pred)
+    index = torch.zeros((len(pred), T), dtype=torch.long)
+    targets = torch.full((len(pred), T), pad_id, dtype=torch.long)
+    tmask = torch.zeros((len(pred), T), dtype=torch.bool)
+    for row, (p, i) in enumerate(zip(pred, order)):
+        index[row, :len(p)], tmask[row, :len(p)] = p, True
+        targets[row, :len(p)] = torch.tensor(encoded[i].response_ids)
+    index, targets, tmask = index.to(device), targets.to(device), tmask.to(device)
+    aligned = hidden.reshape(N * L, -1).index_select(0, index.reshape(-1)).reshape(len(pred), T, -1)
+    return order, token_stats(output_head(model), aligned, targets, tmask, with_stats, chunk_size)
+
+
 def stats_batches(model: Any, encoded: Sequence[EncodedPair], pad_id: int, config: ScoreConfig):
     """Yield ``(indices, TokenStats)`` covering every pair once.
 
     With prefix sharing: prompts are batched and run once; their responses, sorted by length across
     the whole prompt batch (little padding), run in chunks that each slice the cached keys/values.
     Without it (or for a model whose cache cannot be sliced): full sequences in length buckets.
+    With ``config.packing`` (and a model :func:`can_pack` accepts): packed rows, no padding (:func:`pack_rows`).
     """
     lengths = [len(p.response_ids) for p in encoded]
     total = [len(p.prompt_ids) + n for p, n in zip(encoded, lengths)]
-    if config.prefix_sharing:
+    if config.packing and encoded and can_pack(model):
+        rows = pack_rows(encoded, config.pack_length)
+        for chunk in _length_chunks(list(range(len(rows))), lambda n, r: n * rows[r].length, config):
+            yield packed_logps(model, encoded, [rows[r] for r in chunk], pad_id, config.chunk_size)
+    elif config.prefix_sharing:
         by_prompt: dict[tuple[int, ...], list[int]] = {}
         for i, pair in enumerate(encoded):
             by_prompt.setdefault(pair.prompt_ids, []).append(i)

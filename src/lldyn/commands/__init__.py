@@ -37,6 +37,10 @@ def add_scoring_args(parser, what: str) -> None:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--max-prompt-tokens", type=int, default=None)
     parser.add_argument("--skip-invalid", action="store_true", help="skip rows with empty/missing fields (counted)")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                        help="the weights' dtype (default float32, or a run's own); log-softmax and sums stay float32")
+    parser.add_argument("--packing", action="store_true",
+                        help="score packed rows without padding (ScoreConfig.packing; same log-probs)")
     add_trust_remote_code(parser)
 
 
@@ -50,4 +54,4 @@ def scoring_inputs(args):
     if args.limit is not None and args.limit < 1:
         raise LldynError(f"--limit must be >= 1, got {args.limit}", field="limit", expected="a positive number")
     return out, build_config(ScoreConfig, {"template": not args.raw, "max_length": args.max_length,
-                                           "max_prompt_tokens": args.max_prompt_tokens})
+                                           "max_prompt_tokens": args.max_prompt_tokens, "packing": args.packing})

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
     out, config = scoring_inputs(args)
     requests, keys = _requests(args, load_preferences, load_sft)
-    lm = load_model_or_run(args.model, args.trust_remote_code)  # a model, a run's final model or one checkpoint
+    lm = load_model_or_run(args.model, args.trust_remote_code, dtype=args.dtype)  # a model, a run's final model or one checkpoint
     results = score(lm.model, lm.tokenizer, [ScoreRequest(*r) for r in requests], config,
                     per_token=args.per_token, progress=True)
     rows = []

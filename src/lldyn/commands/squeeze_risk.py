@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     out, score_config = scoring_inputs(args)
     config = SqueezeRiskConfig(beta=args.beta, score=score_config, ches=not args.no_ches)
     pairs = load_preferences(args.data, args.split, args.limit, skip_invalid=args.skip_invalid)
-    lm = load_model_or_run(args.model, args.trust_remote_code)
+    lm = load_model_or_run(args.model, args.trust_remote_code, dtype=args.dtype)
     ranked = rank_pairs(squeeze_risk(lm.model, lm.tokenizer, pairs, config, progress=True))
     atomic_write_jsonl(out, [r.to_json() for r in ranked])
     n_cut = sum(r.truncated for r in ranked)

@@ -41,6 +41,9 @@ HELP = {
     "lld_reward_rise": "grpo: the LLD alarm needs the reward to rise by more than this since its first window",
     "lld_logp_rise": "grpo: the LLD alarm fires while the correct samples' log π rose less than this (nats) since step 0",
     "fsdp": "shard the model with FSDP2 (per decoder layer) over the processes torchrun / accelerate launch started",
+    "report_to": "none | tensorboard (event files in RUN/tensorboard) | wandb (an offline run in RUN/wandb): the "
+                 "scalars of metrics.jsonl",
+    "dtype": "float32 | bfloat16 | float16: the weights' dtype (log-softmax and sums stay float32)",
 }
 
 

@@ -26,7 +26,8 @@ from typing import Any, NamedTuple
 from lldyn.config import build_config, check, config_to_dict
 from lldyn.squeeze.nthr import NTHRConfig
 from lldyn.losses import GRPO_LOSSES, PREFERENCE_LOSSES, SCALE_REWARDS
-from lldyn.models import ModelConfig
+from lldyn.models import ModelConfig, check_dtype_on_device
+from lldyn.report_to import REPORT_TO
 from lldyn.rundir import RunDir
 from lldyn.runs import model_config
 from lldyn.scoring import ScoreConfig
@@ -109,6 +110,7 @@ class TrainConfig:
     on_policy_temperature: float = 1.0
     decompose_every: int = 0
     fsdp: bool = False
+    report_to: str = "none"
     initial_sample: bool = True
     squeeze_alarm: bool = True
     reward: str = "builtin"
@@ -173,6 +175,9 @@ class TrainConfig:
                   "hf:MODEL, openai:MODEL or module:function")
         if grpo:
             check_grpo(self)
+        check_dtype_on_device(self.dtype, self.device)
+        check(self.report_to in REPORT_TO, "report_to", f"unknown report_to {self.report_to!r}",
+              "one of " + ", ".join(REPORT_TO))
 
     def scoring(self) -> ScoreConfig:
         """The engine's tokenisation for this run (``max_prompt_tokens`` 0 or None: no separate prompt cap)."""
@@ -267,6 +272,10 @@ def phase_length(phase: Phase, n_examples: int, cfg: TrainConfig) -> int:
     return max(1, int(math.floor(per_epoch * phase.epochs)))
 
 
+# config keys a resumed run may change: they say where rows are also sent, not what is trained
+RESUME_FREE = ("resume", "report_to")
+
+
 def run_config(cfg: TrainConfig) -> dict[str, Any]:
     """The resolved config written to ``config.json`` (no secrets: keys live only in the environment, and
     an endpoint URL is written without user info or query, where a pasted token would sit)."""
@@ -280,6 +289,8 @@ def run_config(cfg: TrainConfig) -> dict[str, Any]:
         values = {k: v for k, v in values.items() if k not in NTHR_FIELDS}
     if values.get("base_url"):
         values["base_url"] = public_url(values["base_url"])
+    if values.get("report_to") == "none":  # where metrics are also sent is not part of the run (see RESUME_FREE)
+        del values["report_to"]
     return {"kind": "train", "lldyn_version": lldyn.__version__, **values}
 
 

@@ -37,11 +37,12 @@ from lldyn.distributed import Processes, is_sharded, root_call, shard_model
 from lldyn.errors import LldynError
 from lldyn.losses import PREFERENCE_LOSSES, UpdateTerm
 from lldyn.models import check_model_name
+from lldyn.report_to import check_report_to, open_sink
 from lldyn.rundir import AlarmRow, RunDir, StoppedRow, TrackSummary, TrainRow
 from lldyn.runs import is_run_dir, load_start_model
 from lldyn.scoring import Encoder
 from lldyn.train.batches import check_batch, encode_phase_data, load_training_data, micro_batch
-from lldyn.train.config import Phase, TrainConfig, phase_length, phases, run_config
+from lldyn.train.config import RESUME_FREE, Phase, TrainConfig, phase_length, phases, run_config
 from lldyn.train.grpo import Generation, encode_prompts, load_grpo_prompts, sample_generation, with_reference
 from lldyn.train.on_policy import on_policy_examples
 from lldyn.train.optim import make_optimizer, make_scheduler
@@ -79,6 +80,7 @@ class Job:
     policy_samples: list[Any] | None = None  # GRPO: the starting policy's samples of the probe prompts
     tracker: Any = None
     decomposer: Any = None
+    sink: Any = None  # --report-to: lldyn.report_to's TensorBoard / W&B sink, a listener of run
     checkpoint: Path | None = None
     resume_phase: int = 0
     resume_step: int = 0
@@ -141,6 +143,8 @@ def train(cfg: TrainConfig, resume: bool = False, decomposer: Any = None,
         track_phase_end(job)
         del ref_model
     job.procs.wait()  # no rank leaves (and tears down the process group) while rank 0 still writes
+    if job.sink is not None:
+        job.sink.close()
     last = job.last_summary or (job.tracker.history[-1] if job.tracker and job.tracker.history else None)
     return TrainResult(job.run, job.model, job.tokenizer, job.global_step, last)
 
@@ -207,13 +211,16 @@ def start_job(cfg: TrainConfig, resume: bool, decomposer: Any, callbacks: Sequen
     # refused before anything is written (the same seed gives the same batch later: nothing changes)
     first = sample_generation(lm.model, lm.tokenizer, prompts, reward, cfg, 0, 0, 0,
                               phase_length(plan[0], len(prompts), cfg)) if reward is not None and not resume else None
+    check_report_to(cfg.report_to)
     rows = grpo_probe_prompts(cfg, prompts, reward) if reward is not None else None
     samples = grpo_policy_samples(cfg, lm.model, lm.tokenizer, rows, reward, resume)
-    run = procs.from_main(lambda: RunDir.create(cfg.out, run_config(cfg), resume=resume))
+    run = procs.from_main(lambda: RunDir.create(cfg.out, run_config(cfg), resume=resume, ignore_keys=RESUME_FREE))
     if samples is not None and procs.is_main and run.policy_samples() is None:
         run.write_policy_samples(samples)
     job = Job(cfg, procs, run, lm.model, lm.tokenizer, params, encoder, pairs, plan, phase_data, source, reward,
               first, rows, samples, progress=progress)
+    if procs.is_main:
+        job.sink = open_sink(cfg.report_to, run)
     job.decomposer = decomposer if decomposer is not None else make_decomposer(job)
     job.tracker = make_tracker(job, callbacks)
     find_resume_point(job, resume)
