@@ -35,7 +35,7 @@ from lldyn.train import TrainConfig, run_train_config, train
 
 EXPERIMENTS = ("sft", "dpo", "extend")
 HH_RLHF = "hf:Anthropic/hh-rlhf/harmless-base"
-QUICK = {"steps": 3, "sft_steps": 2, "eval_every": 2, "batch_size": 2}
+QUICK = {"steps": 3, "sft_steps": 2, "eval_every": 2, "batch_size": 2, "generate_tokens": 8}
 HELD_OUT_FILE = "held_out_dpo.jsonl"
 KINDS = ("chosen", "rejected", "argmax")
 GOLD_FIELDS = ("answer", "answer_aliases")  # kept in OUT/data so the held-out prompts can be judged by reference

@@ -18,6 +18,7 @@ are gathered (:class:`lldyn.distributed.Processes`, as in lldyn's own loop) and 
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import math
@@ -34,7 +35,7 @@ from lldyn.probes import ProbeSet
 from lldyn.rundir import RunDir, TrackSummary
 from lldyn.scoring import ScoreConfig
 from lldyn.squeeze import SqueezeAlarm
-from lldyn.tracking import Tracker, TrackerCallback
+from lldyn.tracking import FreeRunConfig, Tracker, TrackerCallback
 
 log = logging.getLogger("lldyn")
 PREFIX = "lldyn/"
@@ -60,12 +61,16 @@ class LearningDynamicsCallback(TrainerCallback):
         label: name of the run in reports (default: trainer kind and learning rate).
         tokenizer: the tokenizer to score with, for a ``Trainer`` built without ``processing_class``
             (default: the trainer's ``processing_class``).
+        free_run: the repeater's budget (:class:`lldyn.tracking.FreeRunConfig`): free-running greedy
+            generations of the first probe prompts at every ``every``-th evaluation, with their degeneration
+            measures (``generations.jsonl`` with ``out``; the summary under ``lldyn/generation/<key>``).
     """
 
     def __init__(self, probes: ProbeSet | str | Path, every: int = 20, out: str | Path | None = None,
                  score_config: ScoreConfig = ScoreConfig(), callbacks: Sequence[TrackerCallback] = (),
                  initial_sample: bool = True, generation_config: Any = None, label: str | None = None,
-                 tokenizer: Any = None, squeeze_alarm: bool | None = None) -> None:
+                 tokenizer: Any = None, squeeze_alarm: bool | None = None,
+                 free_run: FreeRunConfig | None = None) -> None:
         self.probes = ProbeSet.coerce(probes)
         self.tokenizer = tokenizer
         self.every = every
@@ -75,6 +80,7 @@ class LearningDynamicsCallback(TrainerCallback):
         self.squeeze_alarm = squeeze_alarm
         self.initial_sample = initial_sample
         self.generation_config = generation_config
+        self.free_run = free_run if free_run is not None and free_run.enabled else None
         self.label = label
         self.tracker: Tracker | None = None
         self._handler: CallbackHandler | None = None
@@ -130,6 +136,8 @@ class LearningDynamicsCallback(TrainerCallback):
                           "probes_sha256": self.probes.without_families(["initial_sample"]).fingerprint(),
                           "score": {k: getattr(self.score_config, k) for k in ("template", "system_prompt", "max_length",
                                                                                "max_prompt_tokens")}}
+                if self.free_run is not None:
+                    config["free_run"] = dataclasses.asdict(self.free_run)
                 resumed = state.global_step > 0
                 run = RunDir.create(self.out, config, resume=resumed)
                 if resumed:
@@ -142,7 +150,7 @@ class LearningDynamicsCallback(TrainerCallback):
             callbacks.append(SqueezeAlarm())
         return Tracker(model, tokenizer, self.probes, run=run, every=self.every, score_config=self.score_config,
                        callbacks=callbacks, initial_sample=self.initial_sample,
-                       generation_config=self.generation_config, processes=procs)
+                       generation_config=self.generation_config, processes=procs, free_run=self.free_run)
 
     def _track(self, args, state, control) -> None:
         assert self.tracker is not None

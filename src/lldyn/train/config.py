@@ -29,6 +29,7 @@ from lldyn.models import ModelConfig
 from lldyn.rundir import RunDir
 from lldyn.runs import model_config
 from lldyn.scoring import ScoreConfig
+from lldyn.tracking import FreeRunConfig
 
 METHODS = ("sft", "dpo", "ipo", "slic", "simpo", "extend", "sft_dpo", "grpo")
 OPTIMIZERS = ("adamw", "rmsprop", "sgd")
@@ -99,6 +100,9 @@ class TrainConfig:
     on_policy_max_new_tokens: int = 48
     on_policy_temperature: float = 1.0
     decompose_every: int = 0
+    generate_prompts: int = 0
+    generate_tokens: int = 48
+    generate_every: int = 1
     initial_sample: bool = True
     squeeze_alarm: bool = True
     reward: str = "builtin"
@@ -154,6 +158,14 @@ class TrainConfig:
                   "hf:MODEL, openai:MODEL or module:function")
         if grpo:
             check_grpo(self)
+        self.free_run()  # refuses a bad budget at construction
+        check(self.generate_prompts == 0 or (bool(self.probes) and self.eval_every > 0), "generate_prompts",
+              "free-running generations are made at probe evaluations, and this run has none",
+              "--probes FILE and --eval-every > 0, or --generate-prompts 0")
+
+    def free_run(self) -> FreeRunConfig:
+        """The repeater's budget (``generate_prompts`` 0: off)."""
+        return FreeRunConfig(self.generate_prompts, self.generate_tokens, self.generate_every)
 
     def scoring(self) -> ScoreConfig:
         """The engine's tokenisation for this run (``max_prompt_tokens`` 0 or None: no separate prompt cap)."""
@@ -164,6 +176,9 @@ class TrainConfig:
         """How to load ``name`` (default: the run's starting ``model``) with this run's dtype, device and LoRA."""
         return model_config(config_to_dict(self), self.trust_remote_code, name)
 
+
+FREE_RUN_FIELDS: dict[str, Any] = {f: TrainConfig.__dataclass_fields__[f].default for f in (
+    "generate_prompts", "generate_tokens", "generate_every")}
 
 GRPO_FIELDS: dict[str, Any] = {f: TrainConfig.__dataclass_fields__[f].default for f in (
     "reward", "num_generations", "max_completion_length", "temperature", "top_p", "loss_type", "epsilon",
@@ -242,6 +257,8 @@ def run_config(cfg: TrainConfig) -> dict[str, Any]:
     values = config_to_dict(cfg)
     if cfg.method != "grpo":  # a run of another method writes the config.json it always wrote
         values = {k: v for k, v in values.items() if k not in GRPO_FIELDS}
+    if cfg.generate_prompts == 0:  # so does a run without free-running generations (runs made before can resume)
+        values = {k: v for k, v in values.items() if k not in FREE_RUN_FIELDS}
     if values.get("base_url"):
         values["base_url"] = public_url(values["base_url"])
     return {"kind": "train", "lldyn_version": lldyn.__version__, **values}

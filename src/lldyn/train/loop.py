@@ -228,7 +228,7 @@ def make_tracker(job: Job, callbacks: Sequence[Callable]) -> Any:
         all_callbacks.append(squeeze_alarm(from_step=start))
     return Tracker(job.model, job.tokenizer, cfg.probes, job.run, every=cfg.eval_every, score_config=cfg.scoring(),
                    callbacks=all_callbacks, initial_sample=cfg.initial_sample, progress=False,
-                   processes=job.procs)
+                   processes=job.procs, free_run=cfg.free_run())
 
 
 def find_resume_point(job: Job, resume: bool) -> None:
