@@ -15,7 +15,7 @@ LAYERS = (
     ("data", "losses", "models", "checkpoint", "scoring", "endpoint", "testing", "degeneration", "reference_answer",
      "rewards"),
     ("rundir", "runs", "distributed"),
-    ("generation", "probes", "rephrase", "tracking", "serve"),
+    ("generation", "probes", "rephrase", "tracking", "serve", "policy_samples"),
     ("decompose", "squeeze", "preferences", "judge", "summary"),
     ("train", "predict"),
     ("integrations", "report"),

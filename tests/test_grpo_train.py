@@ -345,6 +345,10 @@ def nothing(prompts, completions, **kw):
     return [None] * len(completions)
 def words(prompts, completions, **kw):
     return ["good"] * len(completions)
+def nans(prompts, completions, **kw):
+    return [float("nan")] * len(completions)
+def infinite(prompts, completions, **kw):
+    return [float("-inf")] + [1.0] * (len(completions) - 1)
 '''
 
 BASE = ["train", "--method", "grpo", "--model", "tiny-random-llama", "--data", "builtin:train", "--limit", "4",
@@ -364,6 +368,9 @@ BASE = ["train", "--method", "grpo", "--model", "tiny-random-llama", "--data", "
     (["--reward", "rewards_here:short"], "returned 1 rewards for 4 completions"),
     (["--reward", "rewards_here:nothing"], "scored none of the 4 completions"),
     (["--reward", "rewards_here:words"], "returned str 'good' for completion 0"),
+    (["--reward", "rewards_here:nans"], "scored none of the 4 completions"),
+    (["--reward", "rewards_here:infinite"], "returned -inf for completion 0"),
+    (["--reward", "rewards_here:missing"], "has no function 'missing'"),
     (["--data", "prompts.jsonl"], "prompts.jsonl:2, field 'answer': prompt 'q2' has no gold answer"),
     (["--method", "dpo", "--batch-size", "2"], "num_generations applies to --method grpo only"),
 ])

@@ -70,7 +70,7 @@ def test_differentiable_path_matches_scoring_and_has_gradients(tiny_fresh):
     model, tok = tiny_fresh.model, tiny_fresh.tokenizer
     enc = Encoder(tok, ScoreConfig())
     pairs = [enc.pair(r.prompt, r.response) for r in REQUESTS]
-    grad_plain = None  # the gradient without checkpointing, from the first pass
+    grad_plain = None  # the gradient without head checkpointing, from the first pass
     for ckpt in (False, True):
         stats = sequence_logps(model, collate(pairs, tok.pad_token_id), checkpoint_head=ckpt)
         stats.logps.sum().backward()

@@ -155,10 +155,10 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch, where):
     else:
         real_track = tracking.Tracker.track
 
-        def track(self, step):
+        def track(self, step, signals=None):
             if step == 3:
                 raise Kill
-            return real_track(self, step)
+            return real_track(self, step, signals)
 
         monkeypatch.setattr(tracking.Tracker, "track", track)
         with pytest.raises(Kill):

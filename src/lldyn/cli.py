@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "score",
     "serve",
     "squeeze_risk",
+    "lld_risk",
     "squeeze_toy",
     "train",
 )

@@ -84,7 +84,10 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[Prompt], config: Genera
     was_training = model.training
     model.eval()
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        # the global RNG (CPU, and every GPU: manual_seed seeds them all) is left as it was, so a tracker or
+        # callback that samples does not change what the trainer samples next
+        gpus = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=gpus), torch.no_grad():
             torch.manual_seed(config.seed)
             for start in starts:
                 rows = order[start:start + config.batch_size]

@@ -432,13 +432,27 @@ def _check_grpo_inputs(policy_token_logps, advantages, mask, old_token_logps, re
                          expected="None")
 
 
+def _check_token_weights(token_weights: Any, shape: tuple[int, ...], level: str) -> None:
+    if not isinstance(token_weights, torch.Tensor) or tuple(token_weights.shape) != shape:
+        got = tuple(getattr(token_weights, "shape", ()))
+        raise LldynError(f"token_weights has shape {got}, policy_token_logps has {shape}", field="token_weights",
+                         expected=f"shape {shape} (B, T), one weight per completion token")
+    if level != "token":
+        raise LldynError("per-token advantage weights need token-level importance sampling",
+                         field="token_weights", expected="importance_sampling_level='token', or no token_weights")
+    if not bool(torch.isfinite(token_weights).all()) or bool((token_weights < 0).any()):
+        raise LldynError("token_weights must be finite and ≥ 0", field="token_weights",
+                         expected="weights in [0, ∞), e.g. NTHR's scale in [0, 1]")
+
+
 def grpo_loss(policy_token_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
               old_token_logps: torch.Tensor | None = None, ref_token_logps: torch.Tensor | None = None,
               beta: float = 0.0, epsilon: float = 0.2, epsilon_high: float | None = None,
               loss_type: GRPOLossType = "dapo", max_completion_length: int | None = None,
               importance_sampling_level: Literal["token", "sequence"] = "token", delta: float | None = None,
               kl_importance_correction: bool = True,
-              num_items_in_batch: int | float | torch.Tensor | None = None) -> GRPOLoss:
+              num_items_in_batch: int | float | torch.Tensor | None = None,
+              token_weights: torch.Tensor | None = None) -> GRPOLoss:
     """GRPO's clipped surrogate with optional k3 KL, as ``GRPOTrainer._compute_loss`` of TRL 1.16 computes it.
 
     Args:
@@ -510,6 +524,9 @@ def grpo_loss(policy_token_logps: torch.Tensor, advantages: torch.Tensor, mask: 
     eps_high = epsilon if epsilon_high is None else epsilon_high
     old = logp.detach() if old_token_logps is None else old_token_logps.to(logp.dtype)
     adv = advantages.to(logp.dtype).unsqueeze(1)  # (B, 1)
+    if token_weights is not None:
+        _check_token_weights(token_weights, tuple(logp.shape), importance_sampling_level)
+        adv = adv * token_weights.to(device=logp.device, dtype=logp.dtype)  # (B, T): A_it = w_it·A_i
     batch = logp.shape[0]
     n_seq = m.sum(-1).clamp(min=1.0)  # (B,) |y_i|
 

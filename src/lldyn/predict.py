@@ -45,7 +45,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import torch
 
@@ -276,43 +276,21 @@ def predict_phase(cfg: TrainConfig, probes: Sequence[Probe], options: PredictCon
 
     t = time.perf_counter()
     model.train()
+    if say and options.prefix_steps:
+        say(f"training {options.prefix_steps} real steps before linearising")
     for step in range(options.prefix_steps):
-        if say and step == 0:
-            say(f"training {options.prefix_steps} real steps before linearising")
-        optimizer.zero_grad(set_to_none=True)
-        _accumulate_gradient(model, pad_id, cfg, planned, ref, step)
-        _clip(params, cfg)
-        optimizer.step()
-        scheduler.step()
+        _planned_step(model, pad_id, cfg, planned, ref, step, optimizer, scheduler)
     anchor = {n: p.detach().clone() for n, p in named.items()}
     linear_start = _logps(model, encoded, pad_id, cfg) if options.prefix_steps else start
     seconds["prefix"] = time.perf_counter() - t
 
-    # The linearised rest: every gradient at the anchor θ_K, the plan's optimizer moving a shadow copy of θ
-    # (the parameters' storage is swapped, not copied: ``p.data`` points at the anchor for the backward and
-    # at the shadow for the optimizer's update).
     t = time.perf_counter()
     if say:
         say(f"{planned.steps - options.prefix_steps} planned gradients at θ{options.prefix_steps or 0} "
             f"({planned.phase.name}, {cfg.optimizer}, lr {planned.phase.lr:g}, {cfg.scheduler})")
-    shadow = {n: p.data for n, p in named.items()}
-    try:
-        for step in range(options.prefix_steps, planned.steps):
-            for n, p in named.items():
-                p.data = anchor[n]
-            optimizer.zero_grad(set_to_none=True)
-            _accumulate_gradient(model, pad_id, cfg, planned, ref, step)
-            _clip(params, cfg)
-            for n, p in named.items():
-                p.data = shadow[n]
-            optimizer.step()
-            scheduler.step()
-        delta = {n: shadow[n] - anchor[n] for n in named}
-    finally:
-        for n, p in named.items():
-            p.data = anchor[n]
-        optimizer.zero_grad(set_to_none=True)
-    del optimizer, scheduler, shadow
+    delta = _linearised_delta(model, pad_id, cfg, planned, ref, range(options.prefix_steps, planned.steps),
+                              optimizer, scheduler, anchor)
+    del optimizer, scheduler
     seconds["gradients"] = time.perf_counter() - t
     if not all(bool(torch.isfinite(d).all()) for d in delta.values()):
         raise LldynError("the planned parameter change is not finite", field="lr",
@@ -328,6 +306,42 @@ def predict_phase(cfg: TrainConfig, probes: Sequence[Probe], options: PredictCon
     prefix = linear_start - start
     return PhasePrediction(probes, start, prefix + linear, prefix, linear, planned.steps, options.prefix_steps,
                            seconds)
+
+
+def _planned_step(model: Any, pad_id: int, cfg: TrainConfig, planned: PlannedPhase, ref: Any, step: int,
+                  optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """One optimizer step of the plan on its ``step``-th batch (a real step: the prefix)."""
+    optimizer.zero_grad(set_to_none=True)
+    _accumulate_gradient(model, pad_id, cfg, planned, ref, step)
+    _clip(list(p for p in model.parameters() if p.requires_grad), cfg)
+    optimizer.step()
+    scheduler.step()
+
+
+def _linearised_delta(model: Any, pad_id: int, cfg: TrainConfig, planned: PlannedPhase, ref: Any,
+                      steps: Iterable[int], optimizer: torch.optim.Optimizer, scheduler: Any,
+                      anchor: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Δθ of the planned ``steps`` with every gradient taken at ``anchor`` (θ_K): the plan's optimizer moves a
+    shadow copy of θ. The parameters' storage is swapped, not copied: ``p.data`` points at the anchor for the
+    backward and at the shadow for the optimizer's update; the model is left at the anchor."""
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    shadow = {n: p.data for n, p in named.items()}
+    try:
+        for step in steps:
+            for n, p in named.items():
+                p.data = anchor[n]
+            optimizer.zero_grad(set_to_none=True)
+            _accumulate_gradient(model, pad_id, cfg, planned, ref, step)
+            _clip(list(named.values()), cfg)
+            for n, p in named.items():
+                p.data = shadow[n]
+            optimizer.step()
+            scheduler.step()
+        return {n: shadow[n] - anchor[n] for n in named}
+    finally:
+        for n, p in named.items():
+            p.data = anchor[n]
+        optimizer.zero_grad(set_to_none=True)
 
 
 def _logps(model: Any, encoded: Sequence[EncodedPair], pad_id: int, cfg: TrainConfig) -> torch.Tensor:

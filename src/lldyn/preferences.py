@@ -27,13 +27,10 @@ The judged win rate built on these sources is :mod:`lldyn.judge`.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import os
 import re
 import socket
-import sys
 import urllib.parse
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -41,6 +38,7 @@ from lldyn.data import Prompt
 from lldyn.endpoint import ChatEndpoint, public_url
 from lldyn.errors import LldynError
 from lldyn.reference_answer import Match, Reference, ReferenceJudge
+from lldyn.rewards import import_function
 from lldyn.runs import load_model_or_run
 
 # The paper's judge instruction (Ren & Sutherland, Appendix; the authors' evaluation notebook, which
@@ -296,17 +294,7 @@ class RewardFunctionSource(PreferenceSource):
 
     def __init__(self, module: str, function: str) -> None:
         self.name = f"reward:{module}:{function}"
-        if os.getcwd() not in sys.path:  # a console script does not put the working directory on sys.path
-            sys.path.insert(0, os.getcwd())
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as err:
-            raise LldynError(f"cannot import reward module {module!r}: {err}", field="judge",
-                             expected="module:function with the module importable (on PYTHONPATH or here)") from None
-        fn = getattr(mod, function, None)
-        if not callable(fn):
-            raise LldynError(f"module {module!r} has no function {function!r}", field="judge",
-                             expected="module:function naming f(prompt, response) -> float")
+        fn = import_function(module, function, field="judge", signature="f(prompt, response) -> float")
         self.fn: Callable[[str, str], Any] = fn
 
     def reward(self, prompt: Prompt, response: str) -> float:

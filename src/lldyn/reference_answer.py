@@ -559,6 +559,23 @@ def _judged(mentions: tuple[Mention, ...], skip: int = 0) -> Match:
                  mentions=mentions, restated=skip)
 
 
+def _outermost_mentions(texts: Sequence[str], forms: Sequence[tuple[str, tuple[str, ...]]]
+                        ) -> list[tuple[int, int, str, tuple[str, ...]]]:
+    """(start, end, alias given, normalised form) of every mention of a form in the words ``texts``, in
+    order, a mention inside a longer one dropped. A mention may span a clause break: an answer can itself
+    hold a comma ("Paris, France")."""
+    spans = [(s, s + len(form), given, form) for given, form in forms for s in _occurrences(texts, None, form)]
+    # in order of start, longest first, a span is inside an earlier one exactly when an earlier one reaches as far
+    spans.sort(key=lambda m: (m[0], -(m[1] - m[0])))
+    kept: list[tuple[int, int, str, tuple[str, ...]]] = []
+    reach = -1
+    for m in spans:
+        if m[1] > reach:
+            kept.append(m)
+            reach = m[1]
+    return kept
+
+
 def _states_answer(response: str, answer: str, aliases: Sequence[str]) -> Match:
     forms = _forms(answer, aliases)
     if not isinstance(response, str):
@@ -569,20 +586,7 @@ def _states_answer(response: str, answer: str, aliases: Sequence[str]) -> Match:
     texts = [w.text for w in words]
     clauses = [w.clause for w in words]
 
-    spans: list[tuple[int, int, str, tuple[str, ...]]] = []
-    for given, form in forms:
-        # a mention may span a clause break: an answer can itself hold a comma ("Paris, France")
-        for s in _occurrences(texts, None, form):
-            spans.append((s, s + len(form), given, form))
-    # a mention inside a longer mention is that mention: in order of start, longest first, a span
-    # is inside an earlier one exactly when an earlier one reaches as far
-    spans.sort(key=lambda m: (m[0], -(m[1] - m[0])))
-    kept: list[tuple[int, int, str, tuple[str, ...]]] = []
-    reach = -1
-    for m in spans:
-        if m[1] > reach:
-            kept.append(m)
-            reach = m[1]
+    kept = _outermost_mentions(texts, forms)
     if not kept:
         return Match(matched=False, reason=NOT_MENTIONED)
     in_mention = {k for s, e, _, _ in kept for k in range(s, e)}

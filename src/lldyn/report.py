@@ -8,7 +8,10 @@ a table of each run's last-step mean change per family, example probes, for a de
 predicted-vs-actual and +/− split figures of :mod:`lldyn.decompose.plots`, for a run with free-running
 greedy generations (the repeater) their degeneration curves and, for a few prompts, the generation at the
 first and at the last evaluation side by side, any PNG another module put
-in ``RUN/figures/`` (captioned with its file name) and any ``extra_sections`` a caller passes.
+in ``RUN/figures/`` (captioned with its file name) and any ``extra_sections`` a caller passes. A GRPO run
+(policy samples, a reward) gets one more figure: the change of log π of the starting policy's correct and
+incorrect samples, the mean training reward and the greedy answers' (and y*'s) accuracy per evaluation,
+hatched where the LLD alarm fired (docs/grpo.md).
 
 The report reads its input runs and writes only under its output directory (``OUT/figures``,
 ``OUT/report.html``).
@@ -29,7 +32,7 @@ from lldyn.errors import LldynError
 from lldyn.io import atomic_write_text, read_jsonl, save_figure
 from lldyn.probes import FAMILIES
 from lldyn.rundir import FIGURES, PROBE_TABLE, REPORT, GenerationRow, RunDir, TrackSummary
-from lldyn.squeeze import squeeze_intervals
+from lldyn.squeeze import lld_intervals, squeeze_intervals
 
 # matplotlib is imported inside the drawing functions: it is slow to import and only figures need it.
 
@@ -38,7 +41,8 @@ DELTA_FIGURE = "probe_delta.png"
 SIGNALS_FIGURE = "squeeze_signals.png"
 SQUEEZE_FIGURE = "squeeze.png"
 REPEATER_FIGURE = "repeater.png"
-OWN_FIGURES = (LOGP_FIGURE, DELTA_FIGURE, SIGNALS_FIGURE, SQUEEZE_FIGURE, REPEATER_FIGURE)
+GRPO_FIGURE = "grpo.png"
+OWN_FIGURES = (LOGP_FIGURE, DELTA_FIGURE, SIGNALS_FIGURE, SQUEEZE_FIGURE, REPEATER_FIGURE, GRPO_FIGURE)
 
 
 @dataclass
@@ -65,6 +69,16 @@ class RunData:
     def squeeze_intervals(self) -> list[tuple[int, int]]:
         """Step intervals in which the squeeze alarm fired (recorded, or recomputed from the signals)."""
         return squeeze_intervals(self.summaries, self.preference_start)
+
+    @property
+    def lld_intervals(self) -> list[tuple[int, int]]:
+        """Step intervals in which the LLD alarm fired (GRPO runs; recorded, or recomputed from the signals)."""
+        return lld_intervals(self.summaries) if self.is_grpo else []
+
+    @property
+    def is_grpo(self) -> bool:
+        """Whether the run watched policy samples or recorded a training reward (a GRPO run)."""
+        return any("logp_sample_correct" in s.signals or "reward" in s.signals for s in self.summaries)
 
 
 def run_label(config: dict[str, Any], path: Path) -> str:
@@ -110,13 +124,14 @@ def family_curves(table: Iterable[dict[str, Any]], delta: bool = False
                   ) -> dict[str, tuple[list[int], list[float], list[float], list[float]]]:
     """Per family: (steps, mean, 25th percentile, 75th percentile) of log π over prompts.
 
-    With ``delta`` the values are log π(step) − log π(first step) per (prompt, family) first.
+    With ``delta`` the values are log π(step) − log π(first step) per (prompt, family, sample) first (a policy
+    sample family has several rows per prompt, told apart by ``sample``).
     """
     rows = sorted(table, key=lambda r: int(r["step"]))
-    base: dict[tuple[str, str], float] = {}
+    base: dict[tuple[str, str, Any], float] = {}
     values: dict[str, dict[int, list[float]]] = {}
     for r in rows:
-        key = (str(r["prompt_id"]), r["family"])
+        key = (str(r["prompt_id"]), r["family"], r.get("sample"))
         base.setdefault(key, r["logp"])
         v = r["logp"] - base[key] if delta else r["logp"]
         values.setdefault(r["family"], {}).setdefault(int(r["step"]), []).append(v)
@@ -140,6 +155,14 @@ def _shade_squeeze(ax: Any, runs: Sequence[RunData]) -> None:
         for start, end in run.squeeze_intervals:
             ax.axvspan(start, end, facecolor=f"C{i % 10}", alpha=0.08, hatch="//", edgecolor=f"C{i % 10}", lw=0,
                        label=f"squeeze alarm ({run.label})")
+
+
+def _shade_lld(ax: Any, runs: Sequence[RunData]) -> None:
+    """Hatch the steps where a run's LLD alarm fired, in that run's colour."""
+    for i, run in enumerate(runs):
+        for start, end in run.lld_intervals:
+            ax.axvspan(start, end, facecolor=f"C{i % 10}", alpha=0.08, hatch="\\\\", edgecolor=f"C{i % 10}", lw=0,
+                       label=f"LLD alarm ({run.label})")
 
 
 def _save(fig: Any, path: str | Path) -> Path:
@@ -327,6 +350,67 @@ def repeater_section(runs: Sequence[RunData], figures: Path) -> tuple[str, str] 
     return ("Greedy generations over training (the repeater)", "".join(parts))
 
 
+def plot_grpo(runs: Sequence[RunData], path: str | Path) -> Path | None:
+    """GRPO at a glance (Deng, Ren et al. 2025): change since step 0 of log π of the starting policy's correct
+    samples (solid) and incorrect samples (dashed), mean and IQR band; the mean training reward per evaluation;
+    the accuracy against the gold answers of the greedy answers (solid) and of the teacher-forced y* (dotted);
+    hatched where the LLD alarm fired. None when no run is a GRPO run."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    grpo = [run for run in runs if run.is_grpo]
+    if not grpo:
+        return None
+    fig = Figure(figsize=(13, 3.0))
+    axes = fig.subplots(1, 3)
+    for ax in axes:
+        _shade_lld(ax, grpo)
+    for i, run in enumerate(grpo):
+        color = f"C{runs.index(run) % 10}"
+        curves = family_curves(run.table, delta=True)
+        for fam, style in (("sample_correct", "-"), ("sample_incorrect", "--")):
+            if fam in curves:
+                steps, mean, lo, hi = curves[fam]
+                ax = axes[0]
+                ax.plot(steps, mean, color=color, ls=style, marker=".", lw=1.6,
+                        label=f"{run.label}: {fam.replace('sample_', '')}")
+                ax.fill_between(steps, lo, hi, color=color, alpha=0.15, lw=0)
+        for ax, key, style in ((axes[1], "reward", "-"), (axes[2], "accuracy_greedy", "-"),
+                               (axes[2], "accuracy_argmax", ":")):
+            pts = sorted((s.step, s.signals[key]) for s in run.summaries
+                         if s.signals.get(key) is not None and not math.isnan(s.signals[key]))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, ls=style, marker=".", label=run.label)
+    axes[0].axhline(0, color="0.6", lw=0.8, ls="--")
+    axes[0].set_title("Δ log π of the starting policy's samples\nsince step 0 (nats): correct —, incorrect - -",
+                      fontsize=9)
+    axes[1].set_title("mean training reward since the previous evaluation", fontsize=9)
+    axes[2].set_title("share stating the gold answer:\ngreedy answer —, teacher-forced y* ···", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_label = dict(zip(*reversed(axes[0].get_legend_handles_labels())))
+    if by_label:
+        fig.legend(list(by_label.values()), list(by_label), loc="lower center", ncol=min(4, len(by_label)),
+                   fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12 if by_label else 0, 1, 1))
+    return _save(fig, path)
+
+
+def lld_summary(runs: Sequence[RunData]) -> str:
+    """One line per GRPO run: the step intervals of its LLD alarm (hatched in its figure), or none."""
+    items = []
+    for run in runs:
+        if not run.is_grpo:
+            continue
+        spans = run.lld_intervals
+        text = (", ".join(f"steps {a}–{b}" for a, b in spans) + " (hatched in the GRPO figure; see docs/grpo.md)"
+                if spans else "did not fire")
+        items.append(f"<li>{html.escape(run.label)}: LLD alarm {text}</li>")
+    return f"<ul class='lld'>{''.join(items)}</ul>" if items else ""
+
+
 HELD_OUT_FIGURE = "held_out_dpo.png"
 HELD_OUT_KINDS = (("chosen", "y+"), ("rejected", "y−"), ("argmax", "y*"))
 
@@ -470,10 +554,15 @@ def write_report(runs: Sequence[str | Path], out: str | Path | None = None,
     if squeeze is not None:
         drawn.insert(0, (squeeze, "the squeezing effect at a glance: y+, y− and the greedy y* (mean, IQR band), and the "
                                   "top-1 probability; hatched where the squeeze alarm fired"))
+    grpo = plot_grpo(data, figures / GRPO_FIGURE)
+    if grpo is not None:
+        drawn.insert(0, (grpo, "GRPO: the starting policy's correct and incorrect samples' log π (mean, IQR band), the "
+                               "training reward and the greedy answers' accuracy; hatched where the LLD alarm fired"))
     sig = plot_signals(data, figures / SIGNALS_FIGURE)
     if sig is not None:
         drawn.append((sig, "squeeze signals: top-1 probability and entropy along y+ and y− positions"))
-    sections = [("Probe families over training", squeeze_summary(data) + "".join(_img(p, c) for p, c in drawn)),
+    sections = [("Probe families over training", squeeze_summary(data) + lld_summary(data)
+                 + "".join(_img(p, c) for p, c in drawn)),
                 ("Mean change of log π at the last step", last_step_table(data))]
     repeater = repeater_section(data, figures)
     if repeater is not None:

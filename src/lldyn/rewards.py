@@ -49,6 +49,9 @@ from lldyn.reference_answer import Reference, normalise, states_answer
 BUILTIN = "builtin"
 SPEC_HELP = "builtin (the row's gold answer) or module:function (TRL's f(prompts, completions, **kwargs))"
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+# keyword arguments lldyn passes a reward function itself; row fields of these names are not passed again
+RESERVED_REWARD_KWARGS = frozenset({"prompt", "prompts", "completion", "completions", "completion_ids",
+                                    "trainer_state"})
 
 
 class TrainerState(NamedTuple):
@@ -170,6 +173,39 @@ class RewardFunction:
         return out
 
 
+def reward_inputs(batch: Sequence[PromptExample], samples: Sequence[Any], state: TrainerState
+                  ) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """``prompts``, ``completions`` and keyword arguments for a reward function, as TRL 1.16 passes them
+    (module docstring): one entry per completion; chat prompts get their completion as an assistant message.
+    ``samples``: one per prompt of ``batch``, each with ``text`` and ``completion_ids`` (:class:`lldyn.generation.Sample`)."""
+    prompts = [p.prompt for p in batch]
+    completions = [s.text if isinstance(p.prompt, str) else [{"role": "assistant", "content": s.text}]
+                   for p, s in zip(batch, samples)]
+    keys = dict.fromkeys(k for p in batch for k in p.fields if k not in RESERVED_REWARD_KWARGS)
+    kwargs: dict[str, Any] = {k: [p.fields.get(k) for p in batch] for k in keys}
+    kwargs["completion_ids"] = [list(s.completion_ids) for s in samples]
+    kwargs["trainer_state"] = state
+    return prompts, completions, kwargs
+
+
+def import_function(module: str, function: str, *, field: str, signature: str) -> Callable[..., Any]:
+    """A user's ``module:function``, imported from the Python path or the working directory; a module that
+    cannot be imported (or whose own code fails) or a missing function is one :class:`LldynError` on ``field``."""
+    if os.getcwd() not in sys.path:  # a console script does not put the working directory on sys.path
+        sys.path.insert(0, os.getcwd())
+    try:
+        mod = importlib.import_module(module)
+    except Exception as err:  # ImportError, or the module's own code failing
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise LldynError(f"cannot import reward module {module!r}: {type(err).__name__}: {detail}", field=field,
+                         expected="module:function with the module importable (on PYTHONPATH or here)") from None
+    fn = getattr(mod, function, None)
+    if not callable(fn):
+        raise LldynError(f"module {module!r} has no function {function!r}", field=field,
+                         expected=f"module:function naming {signature}")
+    return fn
+
+
 def load_reward(spec: str) -> RewardFunction:
     """``builtin`` | ``module:function`` → :class:`RewardFunction` (module docstring). The module is imported
     from the Python path or the working directory."""
@@ -179,16 +215,6 @@ def load_reward(spec: str) -> RewardFunction:
     module, sep, function = spec.partition(":")
     if not (sep and function.isidentifier() and module and all(p.isidentifier() for p in module.split("."))):
         raise LldynError(f"unknown reward {spec!r}", field="reward", expected=SPEC_HELP)
-    if os.getcwd() not in sys.path:  # a console script does not put the working directory on sys.path
-        sys.path.insert(0, os.getcwd())
-    try:
-        mod = importlib.import_module(module)
-    except Exception as err:  # ImportError, or the module's own code failing
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise LldynError(f"cannot import reward module {module!r}: {type(err).__name__}: {detail}", field="reward",
-                         expected="module:function with the module importable (on PYTHONPATH or here)") from None
-    fn = getattr(mod, function, None)
-    if not callable(fn):
-        raise LldynError(f"module {module!r} has no function {function!r}", field="reward",
-                         expected="module:function naming f(prompts, completions, **kwargs) -> list[float | None]")
+    fn = import_function(module, function, field="reward",
+                         signature="f(prompts, completions, **kwargs) -> list[float | None]")
     return RewardFunction(spec, fn)

@@ -6,9 +6,12 @@ Layout::
     RUN/
       config.json            resolved config of the run (no secrets); a re-run with another config is refused
       metrics.jsonl          append-only; one row per logged event: TrainRow, TrackSummary (probe evaluation),
-                             StoppedRow (non-finite loss), each with its ``step`` and ``event``
+                             StoppedRow (non-finite loss), AlarmRow (an alarm fired), each with its ``step``
+                             and ``event``
       probes.jsonl           the probe set the run tracks (static families)
       initial_samples.jsonl  the starting model's greedy responses (the ``initial_sample`` probe family)
+      policy_samples.jsonl   GRPO: the starting policy's own samples of the probe prompts, split by the reward
+                             (the ``sample_correct`` / ``sample_incorrect`` families), drawn once at step 0
       probe_table.jsonl      one row per (step, prompt_id, family): PROBE_COLUMNS
       generations.jsonl      free-running greedy generations at evaluations (the repeater), one GenerationRow each
       ref_logps-<phase>.jsonl  reference log-probs of a pairwise phase's pairs, computed once
@@ -31,12 +34,13 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 
 from lldyn.data import PreferenceExample, parse_preference_row, read_rows
 from lldyn.errors import LldynError
-from lldyn.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl, save_figure
+from lldyn.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl, read_jsonl_lines, save_figure
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 PROBES = "probes.jsonl"
 INITIAL_SAMPLES = "initial_samples.jsonl"
+POLICY_SAMPLES = "policy_samples.jsonl"
 PROBE_TABLE = "probe_table.jsonl"
 DECOMPOSE = "decompose.jsonl"
 GENERATIONS = "generations.jsonl"
@@ -46,7 +50,8 @@ REPORT = "report.html"
 ON_POLICY = "on_policy"
 GRPO = "grpo"
 REPLAY = ".decompose-replay"
-PROBE_COLUMNS = ("step", "prompt_id", "family", "logp", "n_tokens", "mean_logp", "top1", "entropy", "text")
+# ``sample``: the index of a policy sample among its prompt's draws (families sample_correct / sample_incorrect)
+PROBE_COLUMNS = ("step", "prompt_id", "family", "sample", "logp", "n_tokens", "mean_logp", "top1", "entropy", "text")
 
 
 def reference_file(phase_index: int) -> str:
@@ -138,6 +143,45 @@ class GenerationRow:
                    int(row["budget"]), bool(row["eos"]), float(row["logp"]), float(row["distinct_1"]),
                    float(row["distinct_2"]), float(row["repeated_4gram"]), bool(row["in_loop"]),
                    None if period is None else int(period))
+
+
+@dataclass(frozen=True)
+class PolicySample:
+    """One of the starting policy's own samples of a probe prompt (``policy_samples.jsonl``,
+    :func:`lldyn.policy_samples.draw_policy_samples`).
+
+    prompt_id: the probe prompt; sample: its index among the prompt's draws (0..n-1); family:
+    ``sample_correct`` or ``sample_incorrect`` (by the reward); prompt: as the data holds it; response: the
+    decoded text the reward scored; reward: its value; prompt_ids, completion_ids: the exact tokens sampled
+    (EOS included when generated), which the tracker scores; eos: whether it ended with EOS; seed: the
+    sampling seed.
+    """
+
+    prompt_id: str
+    sample: int
+    family: str
+    prompt: Any
+    response: str
+    reward: float
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[int, ...]
+    eos: bool
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.prompt_id}/{self.family}/{self.sample}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"prompt_id": self.prompt_id, "sample": self.sample, "family": self.family, "prompt": self.prompt,
+                "response": self.response, "reward": self.reward, "eos": self.eos, "seed": self.seed,
+                "prompt_ids": list(self.prompt_ids), "completion_ids": list(self.completion_ids)}
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> "PolicySample":
+        return cls(str(row["prompt_id"]), int(row["sample"]), str(row["family"]), row["prompt"], str(row["response"]),
+                   float(row["reward"]), tuple(int(t) for t in row["prompt_ids"]),
+                   tuple(int(t) for t in row["completion_ids"]), bool(row["eos"]), int(row["seed"]))
 
 
 # --------------------------------------------------------------------------- metrics rows
@@ -237,8 +281,31 @@ class StoppedRow:
                    {k: v for k, v in row.items() if k not in own})
 
 
-MetricsRow = Union[TrainRow, TrackSummary, StoppedRow]
-ROW_TYPES: dict[str, type] = {t.EVENT: t for t in (TrainRow, TrackSummary, StoppedRow)}
+@dataclass(frozen=True)
+class AlarmRow:
+    """An alarm fired at the probe evaluation of ``step``: ``alarm`` (its name, e.g. ``lld``), ``since_step`` (the
+    evaluation its current run of alarms is measured from) and what it measured (``stats``)."""
+
+    EVENT = "alarm"
+    step: int
+    alarm: str
+    since_step: int | None
+    stats: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "event": self.EVENT, "alarm": self.alarm, "since_step": self.since_step,
+                **self.stats}
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> "AlarmRow":
+        own = ("step", "event", "alarm", "since_step")
+        since = row.get("since_step")
+        return cls(int(row["step"]), str(row.get("alarm", "")), None if since is None else int(since),
+                   {k: v for k, v in row.items() if k not in own})
+
+
+MetricsRow = Union[TrainRow, TrackSummary, StoppedRow, AlarmRow]
+ROW_TYPES: dict[str, type] = {t.EVENT: t for t in (TrainRow, TrackSummary, StoppedRow, AlarmRow)}
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -361,6 +428,9 @@ class RunDir:
     def stopped_rows(self) -> list[StoppedRow]:
         return self._rows(StoppedRow)
 
+    def alarm_rows(self) -> list[AlarmRow]:
+        return self._rows(AlarmRow)
+
     def metrics_rows(self) -> list[MetricsRow]:
         """Every metrics row, typed, in the order it was logged."""
         if not self.metrics_path.is_file():
@@ -418,6 +488,25 @@ class RunDir:
             atomic_write_jsonl(p, keep + [r.to_json() for r in rows])
         else:
             append_jsonl(p, [r.to_json() for r in rows])
+
+    def policy_samples(self) -> list[PolicySample] | None:
+        """The starting policy's samples of the probe prompts, or None before they were drawn."""
+        p = self.path / POLICY_SAMPLES
+        if not p.is_file():
+            return None
+        out = []
+        for lineno, row in read_jsonl_lines(p, torn_tail=False):  # written whole: a bad line is an error
+            try:
+                out.append(PolicySample.from_json(row))
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
+                raise LldynError(f"corrupt policy sample row ({type(err).__name__}: {err})", file=str(p), line=lineno,
+                                 expected="the rows lldyn wrote (remove the file to draw the samples again)") from None
+        return out
+
+    def write_policy_samples(self, rows: Sequence[PolicySample]) -> Path:
+        p = self.path / POLICY_SAMPLES
+        atomic_write_jsonl(p, [r.to_json() for r in rows])
+        return p
 
     # ------------------------------------------------------------------ training state besides checkpoints
     def reference_logps(self, phase_index: int) -> dict[str, tuple[float, float]] | None:

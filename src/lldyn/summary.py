@@ -4,9 +4,12 @@ Used by ``lldyn train``, ``lldyn demo`` and ``lldyn reproduce`` to print one lin
 ``DPO (steps 40→80): chosen −3.10, rejected −20.40, argmax +2.20 nats; top-1 prob +0.060 — squeezing …``.
 The words say what moved; a paper effect is named only when the phase's method and the pattern both fit
 it (SFT's lift of y+ and other prompts' answers, Sec. 4.1; the squeezing effect of DPO-family losses,
-Sec. 4.2). When a phase's free-running greedy generations (``--generate-prompts``) became more repetitive, a
-second line says so (the repeater, Sec. 4.2), e.g. ``DPO (steps 30→60): greedy generations more repetitive —
-repeated 4-grams 0.05→0.41, in a loop 0/8→3/8, distinct-2 0.81→0.37, …``.
+Sec. 4.2; GRPO's lazy likelihood displacement, Deng, Ren et al. 2025: the reward rises while the starting
+policy's correct samples become less likely). A GRPO phase also reports the change of its mean training
+reward (first evaluation window to last) and of the greedy answers' and y*'s accuracy. When a phase's
+free-running greedy generations (``--generate-prompts``) became more repetitive, a second line says so (the
+repeater, Sec. 4.2), e.g. ``DPO (steps 30→60): greedy generations more repetitive — repeated 4-grams
+0.05→0.41, in a loop 0/8→3/8, distinct-2 0.81→0.37, …``.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from typing import Iterable, NamedTuple
 
 from lldyn.rundir import RunDir, TrackSummary
 
-HEADLINE = ("chosen", "rejected", "argmax", "other_chosen", "chosen_rephrase_semantic", "random_sentence")
+HEADLINE = ("chosen", "rejected", "argmax", "other_chosen", "chosen_rephrase_semantic", "random_sentence",
+            "sample_correct", "sample_incorrect")
 PREFERENCE_PHASES = ("dpo", "ipo", "slic", "simpo")
 
 
@@ -27,6 +31,7 @@ class PhaseChange(NamedTuple):
     end: int
     delta: dict[str, float]
     top1_delta: float
+    signal_delta: dict[str, float] = {}  # GRPO: ``reward`` (first window → last), ``accuracy_argmax``
 
 
 def _phase_spans(run: RunDir) -> list[tuple[str, int, int]]:
@@ -65,7 +70,21 @@ def phase_changes(run_dir: str | Path) -> list[PhaseChange]:
             continue
         a, b = pair
         delta = {f: b.family_mean[f] - a.family_mean[f] for f in b.family_mean if f in a.family_mean}
-        out.append(PhaseChange(name, a.step, b.step, delta, _top1(b) - _top1(a)))
+        out.append(PhaseChange(name, a.step, b.step, delta, _top1(b) - _top1(a),
+                               _signal_delta([probes[s] for s in sorted(probes) if a.step <= s <= b.step])))
+    return out
+
+
+def _signal_delta(evals: list[TrackSummary]) -> dict[str, float]:
+    """Change of the GRPO signals over a phase's evaluations: ``reward`` from the first evaluation that has one
+    (the first window) to the last, ``accuracy_argmax`` from the first to the last."""
+    out = {}
+    rewards = [e.signals["reward"] for e in evals if e.signals.get("reward") is not None]
+    if len(rewards) >= 2:
+        out["reward"] = rewards[-1] - rewards[0]
+    for key in ("accuracy_greedy", "accuracy_argmax"):
+        if evals and all(e.signals.get(key) is not None for e in (evals[0], evals[-1])):
+            out[key] = evals[-1].signals[key] - evals[0].signals[key]
     return out
 
 
@@ -95,6 +114,15 @@ def verdict(change: PhaseChange, tol: float = 0.05) -> str:
         if up("chosen") and up("rejected"):
             return "y+ and y− both rose (no squeezing yet)"
         return "no squeezing signature"
+    if change.phase == "grpo" and "sample_correct" in d:
+        reward = change.signal_delta.get("reward")
+        if reward is not None and reward > 0 and down("sample_correct"):
+            return "lazy likelihood displacement: the reward rose while the correct samples' log π fell"
+        if reward is not None and reward > 0 and up("sample_correct"):
+            return "the reward rose and the correct samples' log π rose with it"
+        if reward is not None and reward > 0:
+            return "the reward rose while the correct samples' log π barely moved"
+        return "the reward did not rise" if reward is not None else _moves(d, up, down)
     return _moves(d, up, down)
 
 
@@ -108,8 +136,10 @@ def _moves(d: dict[str, float], up, down) -> str:
 def describe(change: PhaseChange, families: tuple[str, ...] = HEADLINE) -> str:
     """``DPO (steps 30→60): chosen −3.10, rejected −20.40, argmax +2.20 nats — squeezing …``."""
     parts = [f"{f} {change.delta[f]:+.2f}" for f in families if f in change.delta]
+    names = {"reward": "reward", "accuracy_greedy": "greedy accuracy", "accuracy_argmax": "y* accuracy"}
+    signals = "".join(f"; {names[k]} {v:+.3f}" for k, v in change.signal_delta.items() if k in names)
     return (f"{change.phase.upper()} (steps {change.start}→{change.end}): " + ", ".join(parts)
-            + f" nats; top-1 prob {change.top1_delta:+.3f} — {verdict(change)}")
+            + f" nats; top-1 prob {change.top1_delta:+.3f}{signals} — {verdict(change)}")
 
 
 class RepetitionChange(NamedTuple):

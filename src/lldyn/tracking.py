@@ -6,7 +6,13 @@ pass is shared by a prompt's ~12 responses) and derives the evaluation-time fami
 * ``argmax`` — y*, the teacher-forced argmax along y+ (paper Sec. 4, "y*"): log π(y*) is
   Σ_t max_v log π(v | x, y+_<t), which the engine returns with y+'s own score, so it costs nothing;
 * ``initial_sample`` — the starting model's greedy response, generated once when tracking starts
-  (``initial_samples.jsonl`` in the run directory) and scored like any other probe.
+  (``initial_samples.jsonl`` in the run directory) and scored like any other probe;
+* ``sample_correct`` / ``sample_incorrect`` (GRPO) — the starting policy's own samples of the probe prompts,
+  split by the reward (:mod:`lldyn.policy_samples`; several per prompt, told apart by the row's ``sample``
+  index); the exact sampled tokens are scored in the same engine call;
+* ``greedy`` (with ``greedy``, a generation config) — the current model's free-running greedy answer to
+  each probe prompt, generated at every evaluation and scored in the same engine call (its ``text`` is in
+  the row; its log π is of the current answer, so its change compares different answers).
 
 **The repeater** (paper Sec. 4.2: long off-policy DPO makes greedy generations repeat themselves, as the squeeze
 piles mass onto the argmax path). y* above is teacher-forced along y+, never what the model says. With a
@@ -17,7 +23,16 @@ evaluation and in every run of the probe set) get a free-running greedy generati
 current model) and measured by :mod:`lldyn.degeneration`. One :class:`~lldyn.rundir.GenerationRow` per prompt
 goes to ``generations.jsonl`` and the evaluation's summary (:data:`GENERATION_KEYS`) into its metrics row.
 
-Per evaluation the tracker writes one row per (step, prompt_id, family) to the run's probe table
+With gold answers (``gold``), the summary's signals also hold ``accuracy_argmax``: the share of probe
+prompts whose y* text states the gold answer (:func:`lldyn.rewards.states_gold_answer`). y* is the
+teacher-forced argmax along y+ (free of any generation), so it is the answer the model would put at
+y+'s positions; it misses an answer that y+ opens with (y* predicts its first token before seeing it).
+With ``greedy`` they also hold ``accuracy_greedy``: the same share for the greedy answers. With policy
+samples they hold ``logp_sample_correct`` and ``logp_sample_incorrect`` (family means);
+``track(step, signals)`` adds the caller's own (GRPO: ``reward``, the mean training reward since the
+previous evaluation), before the callbacks see the summary.
+
+Per evaluation the tracker writes one row per (step, prompt_id, family[, sample]) to the run's probe table
 (``step, prompt_id, family, logp, n_tokens, mean_logp, top1, entropy``; argmax rows also carry
 the y* ``text``) and one :class:`~lldyn.rundir.TrackSummary` to its metrics: per-family means, mean
 changes since the first evaluation, the squeeze signals and the keys returned by callbacks.
@@ -37,7 +52,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from lldyn import __version__
 from lldyn.config import check
@@ -45,9 +60,12 @@ from lldyn.degeneration import corpus_distinct_n, degeneration
 from lldyn.distributed import Processes
 from lldyn.errors import LldynError
 from lldyn.generation import GenerationConfig, generate, sample
+from lldyn.policy_samples import POLICY_SAMPLE_FAMILIES
 from lldyn.probes import FAMILIES, Probe, ProbeSet
-from lldyn.rundir import GenerationRow, RunDir, TrackSummary
-from lldyn.scoring import EncodedPair, ScoreConfig, ScoreRequest, argmax_text, score, score_encoded
+from lldyn.reference_answer import Reference
+from lldyn.rewards import states_gold_answer
+from lldyn.rundir import GenerationRow, PolicySample, RunDir, TrackSummary
+from lldyn.scoring import EncodedPair, Encoder, ScoreConfig, argmax_text, score_encoded
 
 SIGNALS = ("logp_chosen", "logp_rejected", "logp_argmax", "top1_chosen", "top1_rejected", "entropy_chosen",
            "entropy_rejected")
@@ -123,13 +141,20 @@ class Tracker:
         processes: distributed evaluation — this rank scores prompts ``prompt_ids[rank::world]`` and
             :meth:`~lldyn.distributed.Processes.gather` returns every rank's rows.
         progress: show a progress bar while scoring.
+        policy_samples: the starting policy's samples of the probe prompts (``sample_correct`` /
+            ``sample_incorrect``, :func:`lldyn.policy_samples.policy_samples`), scored at every evaluation.
+        gold: ``prompt_id → Reference`` (gold answers) for the ``accuracy_argmax`` / ``accuracy_greedy`` signals.
+        greedy: a :class:`~lldyn.generation.GenerationConfig` for the ``greedy`` family (always greedy: its
+            ``do_sample`` is ignored); None = no greedy answers.
     """
 
     def __init__(self, model: Any, tokenizer: Any, probes: ProbeSet | str | Path, run: RunDir | str | Path | None = None,
                  every: int = 20, score_config: ScoreConfig = ScoreConfig(),
                  callbacks: Sequence[TrackerCallback] = (), *, initial_sample: bool = True,
                  generation_config: Any = None, processes: Processes = Processes(), progress: bool = False,
-                 free_run: FreeRunConfig | None = None) -> None:
+                 free_run: FreeRunConfig | None = None,
+                 policy_samples: Sequence[PolicySample] = (), gold: Mapping[str, Reference] | None = None,
+                 greedy: GenerationConfig | None = None) -> None:
         if every < 1:
             raise LldynError(f"every must be >= 1, got {every}", field="every", expected="a positive number of steps")
         self.model = model
@@ -143,15 +168,23 @@ class Tracker:
         self.generation_config = generation_config
         self.free_run = free_run if free_run is not None and free_run.enabled else None
         self.probes = ProbeSet.coerce(probes)
+        self.policy_samples = list(policy_samples)
+        self.gold = dict(gold or {})
+        self.greedy = None if greedy is None else dataclasses.replace(greedy, do_sample=False)
         self.run = RunDir(run) if isinstance(run, (str, Path)) else run
         self.history: list[TrackSummary] = []
         self.last_rows: list[dict[str, Any]] = []
         self.last_generations: list[GenerationRow] = []
         self.last_seconds = 0.0
-        self._base: dict[tuple[str, str], float] = {}
+        # baseline log π of each (prompt_id, family, sample) at the first evaluation (sample -1: not a policy sample)
+        self._base: dict[tuple[str, str, int], float] = {}
         order = self.probes.prompt_ids
+        unknown = sorted({s.prompt_id for s in self.policy_samples} - set(order))
+        if unknown:
+            raise LldynError(f"policy samples of prompt {unknown[0]!r}, which the probe set does not have",
+                             field="policy_samples", expected="samples of the probe set's own prompts")
         self._prompt_rank = {pid: i for i, pid in enumerate(order)}
-        self._family_rank = {f: i for i, f in enumerate(FAMILIES)}
+        self._family_rank = {f: i for i, f in enumerate(FAMILIES + ("greedy",) + POLICY_SAMPLE_FAMILIES)}
         self.local_prompt_ids = order[processes.rank::processes.world]
         if self.run is not None:
             self._attach_run()
@@ -190,7 +223,7 @@ class Tracker:
             first = min(s.step for s in self.history)
             for r in self.run.iter_probe_table():
                 if r.get("step") == first:
-                    self._base[(str(r["prompt_id"]), r["family"])] = r["logp"]
+                    self._base[_key(r)] = r["logp"]
 
     def _ensure_initial_samples(self) -> None:
         if not self.want_initial_sample or any(p.family == "initial_sample" for p in self.probes):
@@ -224,13 +257,22 @@ class Tracker:
         return self.track(step) if self.should_track(step) else None
 
     def evaluate(self) -> list[dict[str, Any]]:
-        """This rank's probe rows (no ``step``): one engine call for all its probes, plus the argmax rows."""
+        """This rank's probe rows (no ``step``): one engine call for all its probes, policy samples and greedy
+        answers, plus the argmax rows."""
         local_ids = set(self.local_prompt_ids)
         probes = [p for p in self.probes if p.prompt_id in local_ids]
-        if not probes:
+        samples = [s for s in self.policy_samples if s.prompt_id in local_ids]
+        if not probes and not samples:
             return []
-        results = score(self.model, self.tokenizer, [ScoreRequest(p.prompt, p.response) for p in probes],
-                        self.score_config, progress=self.progress)
+        chosen = [p for p in probes if p.family == "chosen"]
+        answers = generate(self.model, self.tokenizer, [p.prompt for p in chosen], self.greedy) \
+            if self.greedy is not None and chosen else []
+        encoder = Encoder(self.tokenizer, self.score_config)
+        encoded = [encoder.pair(p.prompt, p.response) for p in probes]
+        encoded += [EncodedPair(s.prompt_ids, s.completion_ids) for s in samples]  # the exact tokens sampled
+        encoded += [encoder.pair(p.prompt, text) for p, text in zip(chosen, answers)]
+        results = score_encoded(self.model, encoded, self.tokenizer.pad_token_id, self.score_config,
+                                progress=self.progress)
         rows = []
         for p, res in zip(probes, results):
             rows.append(_row(p.prompt_id, p.family, res.logp, res.n_tokens, res.mean_top1_prob, res.mean_entropy))
@@ -238,6 +280,14 @@ class Tracker:
                 row = _row(p.prompt_id, "argmax", res.argmax_logp, res.n_tokens, res.mean_top1_prob, res.mean_entropy)
                 row["text"] = argmax_text(self.tokenizer, res)
                 rows.append(row)
+        for s, res in zip(samples, results[len(probes):]):
+            row = _row(s.prompt_id, s.family, res.logp, res.n_tokens, res.mean_top1_prob, res.mean_entropy)
+            row["sample"] = s.sample
+            rows.append(row)
+        for p, text, res in zip(chosen, answers, results[len(probes) + len(samples):]):
+            row = _row(p.prompt_id, "greedy", res.logp, res.n_tokens, res.mean_top1_prob, res.mean_entropy)
+            row["text"] = text
+            rows.append(row)
         return rows
 
     # ------------------------------------------------------------------ the repeater
@@ -279,9 +329,10 @@ class Tracker:
             out.append({"row": row.to_json(), "tokens": tokens})
         return out
 
-    def track(self, step: int) -> TrackSummary:
+    def track(self, step: int, signals: Mapping[str, float] | None = None) -> TrackSummary:
         """Evaluate all probes now (and, when due, the free-running generations), write the rows and the
-        summary, run the callbacks."""
+        summary, run the callbacks. ``signals``: the caller's own (GRPO's ``reward``), added to the summary's
+        before the callbacks see it."""
         start = time.perf_counter()
         self._ensure_initial_samples()
         generated: list[dict[str, Any]] = []
@@ -294,12 +345,15 @@ class Tracker:
             generate_seconds = time.perf_counter() - t0
         generation_rows = [GenerationRow.from_json(g["row"]) for g in generated]
         rows = [r for part in self.processes.gather(self.evaluate()) for r in part]
-        rows.sort(key=lambda r: (self._prompt_rank[r["prompt_id"]], self._family_rank[r["family"]]))
+        rows.sort(key=lambda r: (self._prompt_rank[r["prompt_id"]], self._family_rank[r["family"]],
+                                 r.get("sample", -1)))
         for r in rows:
             r["step"] = step
         if not self._base:
-            self._base = {(r["prompt_id"], r["family"]): r["logp"] for r in rows}
+            self._base = {_key(r): r["logp"] for r in rows}
         summary = self._summarise(step, rows)
+        if signals:
+            summary = dataclasses.replace(summary, signals={**summary.signals, **signals})
         extra: dict[str, Any] = {}
         for fn in self.callbacks:
             out = fn(summary, self.history + [summary])
@@ -325,19 +379,37 @@ class Tracker:
         for r in rows:
             by_family.setdefault(r["family"], []).append(r)
         family_mean = {f: _mean(r["logp"] for r in rs) for f, rs in by_family.items()}
-        family_delta = {f: _mean(r["logp"] - self._base[(r["prompt_id"], f)] for r in rs
-                                 if (r["prompt_id"], f) in self._base) for f, rs in by_family.items()}
+        family_delta = {f: _mean(r["logp"] - self._base[_key(r)] for r in rs if _key(r) in self._base)
+                        for f, rs in by_family.items()}
         fam = lambda f, key: _mean(r[key] for r in by_family.get(f, []))  # noqa: E731
         signals = {"logp_chosen": fam("chosen", "logp"), "logp_rejected": fam("rejected", "logp"),
                    "logp_argmax": fam("argmax", "logp"), "top1_chosen": fam("chosen", "top1"),
                    "top1_rejected": fam("rejected", "top1"), "entropy_chosen": fam("chosen", "entropy"),
                    "entropy_rejected": fam("rejected", "entropy")}
+        if self.policy_samples:
+            signals.update({f"logp_{f}": family_mean.get(f, float("nan")) for f in POLICY_SAMPLE_FAMILIES})
+        if self.gold:
+            for family in ("argmax", "greedy"):
+                if family in by_family:
+                    signals[f"accuracy_{family}"] = _mean(float(self._states_gold(r)) for r in by_family[family]
+                                                          if r["prompt_id"] in self.gold)
         return TrackSummary(step, family_mean, family_delta, signals)
+
+    def _states_gold(self, row: dict[str, Any]) -> bool:
+        """Whether an argmax or greedy row's text states its prompt's gold answer."""
+        ref = self.gold[row["prompt_id"]]
+        probe = self.probes.get(row["prompt_id"], "chosen")
+        return states_gold_answer(probe.prompt if probe else "", row.get("text", ""), ref.answer, ref.aliases)
 
 
 def _initial_sample(row: dict[str, Any]) -> Probe:
     return Probe(str(row["prompt_id"]), "initial_sample", row["prompt"], row["response"],
                  tuple(row.get("source_ids", ())), row.get("method", "initial_sample"))
+
+
+def _key(row: Mapping[str, Any]) -> tuple[str, str, int]:
+    """A probe-table row's identity across evaluations: (prompt_id, family, sample index or -1)."""
+    return str(row["prompt_id"]), row["family"], int(row.get("sample", -1) if row.get("sample") is not None else -1)
 
 
 def _row(prompt_id: str, family: str, logp: float, n_tokens: int, top1: float, entropy: float) -> dict[str, Any]:

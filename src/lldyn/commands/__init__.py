@@ -15,6 +15,13 @@ def add_trust_remote_code(parser) -> None:
                              "directory's config never turns it on)")
 
 
+def add_endpoint_args(parser) -> None:
+    """The flags of a command that may call an OpenAI-compatible endpoint (``openai:MODEL``)."""
+    parser.add_argument("--base-url", default=None, help="endpoint for openai:MODEL, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                        help="environment variable holding the endpoint's API key (the key is never written)")
+
+
 MODEL_HELP = ("alias (smollm2-135m-instruct, tiny-random-llama), .gguf file, model directory, Hub id, an lldyn "
               "run directory or one of its checkpoints (RUN/checkpoints/step-XXXXXXXX)")
 

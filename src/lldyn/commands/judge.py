@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lldyn.commands import add_trust_remote_code
+from lldyn.commands import add_endpoint_args, add_trust_remote_code
 
 JUDGEMENTS = "judgements.jsonl"
 SUMMARY = "summary.json"
@@ -29,9 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--answered-only", action="store_true",
                    help="with --judge reference: judge only the prompts that carry a gold answer (default: a prompt "
                         "without one is an error)")
-    p.add_argument("--base-url", default=None, help="endpoint for openai:MODEL, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="environment variable holding the endpoint's API key (the key is never written)")
+    add_endpoint_args(p)
     p.add_argument("--limit", type=int, default=None,
                    help="judge only the first N prompts (with --answered-only: the first N that have a gold answer)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="response length budget for A and B")
@@ -71,6 +69,18 @@ def _check_args(args: argparse.Namespace) -> None:
                          expected="a new directory, or --force to overwrite")
 
 
+def judgement_rows(ids: list[str], items: list[tuple[str, str, str]], pairs: list) -> list[dict]:
+    """One row per prompt and order (``ab``: A shown first): what the judge saw and chose, and the winner."""
+    rows = []
+    for prompt_id, (prompt, ra, rb), pair in zip(ids, items, pairs):
+        for order, judgement, first, second in (("ab", pair.ab, ra, rb), ("ba", pair.ba, rb, ra)):
+            winner = None if judgement.choice is None else order[judgement.choice]
+            rows.append({"prompt_id": prompt_id, "order": order, "prompt": prompt, "response_first": first,
+                         "response_second": second, "choice": judgement.choice, "winner": winner,
+                         "score_a": pair.scores_a[0 if order == "ab" else 1], "raw_text": judgement.raw_text})
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
     import gc
@@ -108,13 +118,7 @@ def run(args: argparse.Namespace) -> int:
         accuracy = {side: answer_accuracy(source, [p.prompt for p in prompts], responses[side],
                                           n_resamples=args.bootstrap, seed=args.seed) for side in ("a", "b")}
 
-    rows = []
-    for p, (prompt, ra, rb), pair in zip(prompts, items, pairs):
-        for order, judgement, first, second in (("ab", pair.ab, ra, rb), ("ba", pair.ba, rb, ra)):
-            winner = None if judgement.choice is None else order[judgement.choice]
-            rows.append({"prompt_id": p.id, "order": order, "prompt": prompt, "response_first": first,
-                         "response_second": second, "choice": judgement.choice, "winner": winner,
-                         "score_a": pair.scores_a[0 if order == "ab" else 1], "raw_text": judgement.raw_text})
+    rows = judgement_rows([p.id for p in prompts], items, pairs)
     summary = {
         "a": args.a, "b": args.b, "prompts": args.prompts, "prompts_split": args.split, "limit": args.limit,
         **source.describe(), "max_new_tokens": args.max_new_tokens, "decoding": "greedy",

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from lldyn.commands import add_endpoint_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probes", help="build probe sets (the responses whose log π is tracked)",
@@ -19,9 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--rephraser", default="rule",
                    help="rule (curated rephrases or rule-based, offline), hf[:MODEL] (local chat model, default the "
                         "embedded SmolLM2) or openai:MODEL (OpenAI-compatible endpoint)")
-    b.add_argument("--base-url", default=None, help="endpoint for openai:MODEL, e.g. http://127.0.0.1:8000")
-    b.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="environment variable holding the endpoint's API key (the key is never written)")
+    add_endpoint_args(b)
     b.add_argument("--limit", type=int, default=64, help="number of probe prompts (default 64)")
     b.add_argument("--select", choices=("first", "spread"), default="first",
                    help="which training prompts become probes: the first --limit (default) or a seeded spread "

@@ -1,18 +1,23 @@
-"""``lldyn reproduce sft|dpo|extend``: the paper's experiments (:mod:`lldyn.experiments.reproduce`), one command each."""
+"""``lldyn reproduce sft|dpo|extend|grpo``: the paper's experiments and GRPO's (:mod:`lldyn.experiments.reproduce`),
+one command each."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-EXPERIMENTS = ("sft", "dpo", "extend")
+EXPERIMENTS = ("sft", "dpo", "extend", "grpo")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     shipped = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "configs" / "reproduce").glob("*.toml"))
-    p = sub.add_parser("reproduce", help="rerun the paper's SFT / DPO / extend experiments from shipped configs",
-                       description="Shipped configs: " + ", ".join(shipped) + ". Their data is HH-RLHF from the "
-                                   "Hugging Face cache (hf:Anthropic/hh-rlhf/harmless-base); --data FILE takes any "
-                                   "preference file.")
+    p = sub.add_parser("reproduce", help="rerun the paper's SFT / DPO / extend experiments, or GRPO on verifiable prompts, "
+                            "from shipped configs",
+                       description="Shipped configs: " + ", ".join(shipped) + ". The SFT / DPO / extend data is "
+                                   "HH-RLHF from the Hugging Face cache (hf:Anthropic/hh-rlhf/harmless-base); --data "
+                                   "FILE takes any preference file. grpo trains on the built-in prompts with a gold "
+                                   "answer (--reward builtin) and reports reward, greedy accuracy, the correct and "
+                                   "incorrect samples' log-probabilities and whether lazy likelihood displacement "
+                                   "shows.")
     p.add_argument("experiment", choices=EXPERIMENTS)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--config", default=None,
@@ -33,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.experiment, args.out, args.config, args.model, args.data, args.quick,
                                  args.test_data)
     result = run_reproduce(experiment)
+    if result.grpo is not None:
+        print(f"\nGRPO ({experiment.runs[0].out}):")
+        for line in result.grpo.lines():
+            print("  " + line)
     print("\n" + WHAT_MOVED)
     for line in what_moved([cfg.out for cfg in experiment.runs], tagged=True):
         print("  " + line)

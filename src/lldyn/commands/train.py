@@ -1,4 +1,4 @@
-"""``lldyn train``: SFT, DPO-family, extend and sft_dpo runs with probe tracking and checkpoints.
+"""``lldyn train``: SFT, DPO-family, extend, sft_dpo and GRPO runs with probe tracking and checkpoints.
 
 Every :class:`lldyn.train.TrainConfig` field is a flag (``--batch-size``, ``--lr`` …); a TOML file
 given with ``--config`` sets defaults that flags override. ``accelerate launch --num_processes N -m
@@ -31,6 +31,19 @@ HELP = {
                         "(0 = off), with degeneration measures, in generations.jsonl",
     "generate_tokens": "the free-running generations' budget in new tokens",
     "generate_every": "generate at every K-th probe evaluation (the first included)",
+    "nthr": "GRPO: NTHR (Deng et al. 2025) lowers the penalty on incorrect completions' tokens that drag the "
+            "group's correct completions down (docs/grpo-nthr.md)",
+    "nthr_threshold": "NTHR: flag a token whose influence on the correct completions exceeds this multiple of the "
+                      "correct tokens' mean",
+    "nthr_scale": "NTHR: share of the penalty a flagged token keeps (1 = plain GRPO)",
+    "probe_samples": "grpo with --probes: the starting policy's own samples per probe prompt, split by the reward "
+                     "into sample_correct / sample_incorrect (0 = none; docs/grpo.md)",
+    "probe_samples_correct_at": "grpo: a probe sample with reward >= this is sample_correct",
+    "probe_greedy": "grpo with --probes: the current greedy answer to each probe prompt at every evaluation, "
+                    "and its accuracy against the gold answers",
+    "lld_alarm": "grpo: the LLD alarm (reward up while the correct samples' log π is not)",
+    "lld_reward_rise": "grpo: the LLD alarm needs the reward to rise by more than this since its first window",
+    "lld_logp_rise": "grpo: the LLD alarm fires while the correct samples' log π rose less than this (nats) since step 0",
 }
 
 
@@ -92,7 +105,14 @@ def run(args: argparse.Namespace) -> int:
     if result.last_summary is not None:
         d = result.last_summary.family_delta
         print("change since step 0 (nats): " + ", ".join(
-            f"{k} {v:+.2f}" for k, v in d.items() if k in ("chosen", "rejected", "argmax", "other_chosen")))
+            f"{k} {v:+.2f}" for k, v in d.items()
+            if k in ("chosen", "rejected", "argmax", "other_chosen", "sample_correct", "sample_incorrect")))
+        from lldyn.summary import WHAT_MOVED, what_moved
+
+        lines = what_moved([result.run.path])
+        if lines:
+            print(WHAT_MOVED)
+            print("\n".join(lines))
     return 0
 
 

@@ -57,7 +57,7 @@ from lldyn.decompose.classifier import compare
 from lldyn.errors import LldynError
 from lldyn.losses import UpdateTerm
 from lldyn.probes import Probe
-from lldyn.rundir import RunDir
+from lldyn.rundir import PolicySample, RunDir
 from lldyn.scoring import (EncodedPair, Encoder, ScoreConfig, collate, response_hidden_states, score_encoded,
                            sequence_logps, stats_batches)
 
@@ -483,14 +483,20 @@ class StepDecomposer:
         tokenizer: the model's tokenizer.
         probes: :class:`lldyn.probes.ProbeSet`, Probes or (prompt, response) pairs.
         run: a run directory (path or :class:`lldyn.rundir.RunDir`) or None (no file).
+        samples: GRPO's policy samples (:mod:`lldyn.policy_samples`), decomposed as probes of their family
+            (``sample_correct`` / ``sample_incorrect``, probe id ``prompt_id/family/sample``) on the exact tokens
+            sampled, as the tracker scores them.
     """
 
     def __init__(self, tokenizer: Any, probes: Iterable[ProbeLike], run: Any = None,
-                 config: DecomposeConfig = DecomposeConfig()) -> None:
+                 config: DecomposeConfig = DecomposeConfig(), samples: Sequence[PolicySample] = ()) -> None:
         self.tokenizer = tokenizer
         self.config = config
         self.refs, texts = _probe_refs(probes)
         self.encoded = _encode(tokenizer, texts, config.score)
+        for s in samples:
+            self.refs.append(ProbeRef(f"{s.prompt_id}/{s.family}/{s.sample}", s.prompt_id, s.family))
+            self.encoded.append(EncodedPair(s.prompt_ids, s.completion_ids))
         self.run = None if run is None else (run if isinstance(run, RunDir) else RunDir(run))
         self.last: StepDecomposition | None = None
         self._pending: _Pending | None = None

@@ -15,6 +15,20 @@ also writes a run directory (``lldyn report OUT`` draws it).
 
 Under ``accelerate launch`` every process scores the probes of its share of the prompts; the rows
 are gathered (:class:`lldyn.distributed.Processes`, as in lldyn's own loop) and only the main process writes.
+
+In TRL's ``GRPOTrainer`` (docs/grpo.md) give it the reward and the probe prompts' data rows, and it watches
+what GRPO does to the starting policy's own samples, as ``lldyn train --method grpo`` does::
+
+    cb = LearningDynamicsCallback(probes="probes.jsonl", every=10, out="runs/grpo", policy_samples=4,
+                                  reward="builtin", prompts=load_prompts("builtin:train"))
+    GRPOTrainer(model=..., reward_funcs=gold_answer_reward, args=GRPOConfig(...), callbacks=[cb], ...)
+
+``policy_samples`` draws per probe prompt are sampled once at the start (with the GRPOConfig's
+``max_completion_length``, ``temperature``, ``top_p`` and ``seed``; the global RNG is left as it was, so
+TRL samples what it would have) and tracked as ``sample_correct`` / ``sample_incorrect``; each evaluation
+records ``reward`` (the mean of the rewards TRL logged since the previous evaluation: TRL logs a step's
+reward after ``on_step_end``, so the window ends one step earlier than lldyn train's), the greedy y*'s
+accuracy, and the LLD alarm (:mod:`lldyn.squeeze.lld`).
 """
 from __future__ import annotations
 
@@ -29,16 +43,32 @@ from accelerate import PartialState
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler
 
+from lldyn.data import PromptExample
 from lldyn.distributed import Processes
 from lldyn.errors import LldynError
+from lldyn.generation import GenerationConfig
+from lldyn.policy_samples import PolicySampleConfig, gold_answers, policy_samples, probe_prompts
 from lldyn.probes import ProbeSet
-from lldyn.rundir import RunDir, TrackSummary
+from lldyn.rewards import RewardFunction, load_reward
+from lldyn.rundir import AlarmRow, RunDir, TrackSummary
 from lldyn.scoring import ScoreConfig
-from lldyn.squeeze import SqueezeAlarm
+from lldyn.squeeze import LLDAlarm, LLDAlarmConfig, SqueezeAlarm
 from lldyn.tracking import FreeRunConfig, Tracker, TrackerCallback
 
 log = logging.getLogger("lldyn")
 PREFIX = "lldyn/"
+
+
+def _reward(reward: Any) -> RewardFunction | None:
+    """``"builtin"`` / ``module:function``, a RewardFunction, or a TRL reward function, as a RewardFunction."""
+    if reward is None or isinstance(reward, RewardFunction):
+        return reward
+    if isinstance(reward, str):
+        return load_reward(reward)
+    if callable(reward):
+        return RewardFunction(getattr(reward, "__name__", "reward"), reward)
+    raise LldynError(f"cannot use {type(reward).__name__} as a reward", field="reward",
+                     expected='"builtin", "module:function", a RewardFunction or f(prompts, completions, **kwargs)')
 
 
 def _method_of(args: Any) -> str:
@@ -64,13 +94,26 @@ class LearningDynamicsCallback(TrainerCallback):
         free_run: the repeater's budget (:class:`lldyn.tracking.FreeRunConfig`): free-running greedy
             generations of the first probe prompts at every ``every``-th evaluation, with their degeneration
             measures (``generations.jsonl`` with ``out``; the summary under ``lldyn/generation/<key>``).
+        policy_samples: GRPO: draws per probe prompt from the starting policy (an int: sampled as the trainer's
+            GRPOConfig samples), or a :class:`~lldyn.policy_samples.PolicySampleConfig`; None/0 = none.
+        reward: what splits the draws into correct and incorrect: ``"builtin"`` (the gold answer), a
+            :class:`~lldyn.rewards.RewardFunction` or a TRL reward function ``f(prompts, completions, **kw)``.
+        prompts: the probe prompts' data rows (:func:`lldyn.data.load_prompts`; a probe's ``prompt_id`` is its
+            row's id): their fields reach the reward, and their gold answers give the y*'s accuracy.
+        lld_alarm: the LLD alarm (:class:`lldyn.squeeze.LLDAlarm`) with ``lld_config``; None (default) = on
+            when there are policy samples.
+        greedy_answers: the ``greedy`` family (the current greedy answer to each probe prompt, up to the
+            GRPOConfig's ``max_completion_length`` tokens) and its accuracy; None (default) = on with ``prompts``.
     """
 
     def __init__(self, probes: ProbeSet | str | Path, every: int = 20, out: str | Path | None = None,
                  score_config: ScoreConfig = ScoreConfig(), callbacks: Sequence[TrackerCallback] = (),
                  initial_sample: bool = True, generation_config: Any = None, label: str | None = None,
                  tokenizer: Any = None, squeeze_alarm: bool | None = None,
-                 free_run: FreeRunConfig | None = None) -> None:
+                 free_run: FreeRunConfig | None = None,
+                 policy_samples: int | PolicySampleConfig | None = None, reward: Any = None,
+                 prompts: Sequence[PromptExample] = (), lld_alarm: bool | None = None,
+                 lld_config: LLDAlarmConfig = LLDAlarmConfig(), greedy_answers: bool | None = None) -> None:
         self.probes = ProbeSet.coerce(probes)
         self.tokenizer = tokenizer
         self.every = every
@@ -82,8 +125,18 @@ class LearningDynamicsCallback(TrainerCallback):
         self.generation_config = generation_config
         self.free_run = free_run if free_run is not None and free_run.enabled else None
         self.label = label
+        self.policy_samples = policy_samples
+        self.reward = _reward(reward)
+        self.prompts = list(prompts)
+        self.lld_alarm = lld_alarm
+        self.lld_config = lld_config
+        self.greedy_answers = greedy_answers
+        if policy_samples and self.reward is None:
+            raise LldynError("policy samples need a reward to split them", field="reward",
+                             expected='reward="builtin", a RewardFunction or a TRL reward function')
         self.tracker: Tracker | None = None
         self._handler: CallbackHandler | None = None
+        self._rewards: list[float] = []  # rewards TRL logged since the last evaluation
 
     # ------------------------------------------------------------------ trainer events
     def on_init_end(self, args, state, control, **kwargs):
@@ -99,6 +152,11 @@ class LearningDynamicsCallback(TrainerCallback):
             if model is not None:
                 self.tracker.model = model  # the object being trained (a trainer may swap it)
             self._track(args, state, control)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        value = (logs or {}).get("reward")  # GRPOTrainer's mean reward (our own logs are all under lldyn/)
+        if isinstance(value, (int, float)) and math.isfinite(float(value)):
+            self._rewards.append(float(value))
 
     # ------------------------------------------------------------------ internals
     def _find_handler(self) -> None:
@@ -124,6 +182,7 @@ class LearningDynamicsCallback(TrainerCallback):
                              field="processing_class", expected="Trainer(..., processing_class=tokenizer) or "
                              "LearningDynamicsCallback(..., tokenizer=tokenizer)")
         procs = Processes.of(PartialState())
+        sample_cfg = self._sample_config(args)
         run = None
         if self.out is not None:
             if procs.is_main:
@@ -133,6 +192,8 @@ class LearningDynamicsCallback(TrainerCallback):
                           "model": str(getattr(getattr(model, "config", None), "_name_or_path", "") or ""),
                           "learning_rate": lr, "seed": int(args.seed), "every": self.every,
                           "initial_sample": self.initial_sample,
+                          "policy_samples": dataclasses.asdict(sample_cfg) if sample_cfg else None,
+                          "reward": self.reward.name if self.reward is not None else None,
                           "probes_sha256": self.probes.without_families(["initial_sample"]).fingerprint(),
                           "score": {k: getattr(self.score_config, k) for k in ("template", "system_prompt", "max_length",
                                                                                "max_prompt_tokens")}}
@@ -145,18 +206,57 @@ class LearningDynamicsCallback(TrainerCallback):
             procs.wait()
             run = RunDir(self.out)
         callbacks = list(self.callbacks)
-        alarm = hasattr(args, "beta") if self.squeeze_alarm is None else self.squeeze_alarm
+        grpo = hasattr(args, "num_generations")  # GRPOConfig has a beta too, but no squeezing to watch
+        alarm = (hasattr(args, "beta") and not grpo) if self.squeeze_alarm is None else self.squeeze_alarm
         if alarm and not any(isinstance(c, SqueezeAlarm) for c in callbacks):
             callbacks.append(SqueezeAlarm())
+        samples, gold = [], None
+        if self.prompts:
+            rows = [p for p in self.prompts if p.id in set(self.probes.prompt_ids)]
+            gold = gold_answers(rows)
+            if sample_cfg is not None:
+                rows = probe_prompts(self.probes.prompt_ids, self.prompts, self.reward)
+                samples = policy_samples(run, model, tokenizer, rows, self.reward, sample_cfg, write=procs.is_main)
+        elif sample_cfg is not None:
+            raise LldynError("policy samples need the probe prompts' data rows", field="prompts",
+                             expected="LearningDynamicsCallback(..., prompts=lldyn.data.load_prompts(DATA))")
+        lld = bool(samples) if self.lld_alarm is None else self.lld_alarm
+        if lld and not any(isinstance(c, LLDAlarm) for c in callbacks):
+            callbacks.append(LLDAlarm(self.lld_config))
+        greedy = None
+        if bool(self.prompts) if self.greedy_answers is None else self.greedy_answers:
+            greedy = GenerationConfig(max_new_tokens=int(getattr(args, "max_completion_length", None) or 256),
+                                      template=self.score_config.template,
+                                      max_prompt_tokens=self.score_config.max_prompt_tokens)
         return Tracker(model, tokenizer, self.probes, run=run, every=self.every, score_config=self.score_config,
                        callbacks=callbacks, initial_sample=self.initial_sample,
-                       generation_config=self.generation_config, processes=procs, free_run=self.free_run)
+                       generation_config=self.generation_config, processes=procs, free_run=self.free_run,
+                       policy_samples=samples, gold=gold, greedy=greedy)
+
+    def _sample_config(self, args) -> PolicySampleConfig | None:
+        """The policy samples' config: as given, or ``n`` draws sampled as the trainer's GRPOConfig samples."""
+        if not self.policy_samples:
+            return None
+        if isinstance(self.policy_samples, PolicySampleConfig):
+            return self.policy_samples
+        return PolicySampleConfig(n=int(self.policy_samples),
+                                  max_new_tokens=int(getattr(args, "max_completion_length", None) or 256),
+                                  temperature=float(getattr(args, "temperature", None) or 1.0),
+                                  top_p=float(getattr(args, "top_p", None) or 1.0), seed=int(args.seed),
+                                  template=self.score_config.template,
+                                  max_prompt_tokens=self.score_config.max_prompt_tokens)
 
     def _track(self, args, state, control) -> None:
         assert self.tracker is not None
-        summary = self.tracker.maybe_track(state.global_step)
-        if summary is not None:
-            self._emit(args, state, control, summary)
+        if not self.tracker.should_track(state.global_step):
+            return
+        signals = {"reward": sum(self._rewards) / len(self._rewards)} if self._rewards else None
+        summary = self.tracker.track(state.global_step, signals)
+        self._rewards = []
+        if summary.extra.get("lld/alarm") and self.tracker.is_writer:
+            self.tracker.run.log(AlarmRow(summary.step, "lld", summary.extra.get("lld/since_step"),  # type: ignore
+                                          {k: v for k, v in summary.extra.items() if k.startswith("lld/d_")}))
+        self._emit(args, state, control, summary)
 
     def _emit(self, args, state, control, summary: TrackSummary) -> None:
         """Log like ``Trainer.log``: append to ``state.log_history`` and call every callback's ``on_log``."""

@@ -77,11 +77,28 @@ def squeeze_flags(signals: Sequence[Mapping[str, float]],
 
 def _interval_start(steps: Sequence[int], flags: Sequence[bool], last: int) -> int:
     """Start of the run of alarms ending at index ``last``: the evaluation before its first alarm
-    (the squeeze is measured from there)."""
+    (the effect is measured from there)."""
     first = last
     while first > 0 and flags[first - 1]:
         first -= 1
     return steps[first - 1] if first > 0 else steps[first]
+
+
+def alarm_intervals(steps: Sequence[int], flags: Sequence[bool]) -> list[tuple[int, int]]:
+    """Step intervals ``(start, end)`` of the runs of consecutive alarms in ``flags`` (one per evaluation at
+    ``steps``, in order): ``start`` is the evaluation before the first alarm of a run, ``end`` its last
+    alarm's step. Shared by every alarm of this package (the squeeze alarm, :mod:`lldyn.squeeze.lld`)."""
+    intervals = []
+    for i, on in enumerate(flags):
+        if on and (i + 1 == len(flags) or not flags[i + 1]):
+            intervals.append((_interval_start(steps, flags, i), steps[i]))
+    return intervals
+
+
+def recorded_or_computed(evals: Sequence[TrackSummary], key: str, computed: Sequence[bool]) -> list[bool]:
+    """Per evaluation, the alarm state recorded under ``key`` when present, else the recomputed one (runs
+    tracked without the callback are shaded too)."""
+    return [bool(e.extra[key]) if e.extra.get(key) is not None else c for e, c in zip(evals, computed)]
 
 
 class SqueezeAlarm:
@@ -145,11 +162,5 @@ def squeeze_intervals(summaries: Sequence[TrackSummary], from_step: int = 0,
     by_step = {s.step: s for s in summaries if s.step >= from_step}
     steps = sorted(by_step)
     evals = [by_step[s] for s in steps]
-    computed = squeeze_flags([e.signals for e in evals], config)
-    flags = [bool(e.extra["squeeze/alarm"]) if e.extra.get("squeeze/alarm") is not None else c
-             for e, c in zip(evals, computed)]
-    intervals = []
-    for i, on in enumerate(flags):
-        if on and (i + 1 == len(flags) or not flags[i + 1]):
-            intervals.append((_interval_start(steps, flags, i), steps[i]))
-    return intervals
+    flags = recorded_or_computed(evals, "squeeze/alarm", squeeze_flags([e.signals for e in evals], config))
+    return alarm_intervals(steps, flags)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lldyn.config import build_config, check, config_to_dict
+from lldyn.squeeze.nthr import NTHRConfig
 from lldyn.losses import GRPO_LOSSES, PREFERENCE_LOSSES, SCALE_REWARDS
 from lldyn.models import ModelConfig
 from lldyn.rundir import RunDir
@@ -50,9 +51,17 @@ class TrainConfig:
     ``module:function``, :mod:`lldyn.rewards`), ``num_generations`` completions per prompt, sampled with
     ``temperature``/``top_p`` up to ``max_completion_length`` tokens; ``loss_type``, ``epsilon``,
     ``epsilon_high``, ``scale_rewards``, ``mask_truncated_completions`` as in
-    :func:`lldyn.losses.grpo_loss` / :func:`lldyn.losses.group_advantages`. ``batch_size`` counts
+    :func:`lldyn.losses.grpo_loss` / :func:`lldyn.losses.group_advantages`. ``nthr`` turns on NTHR (Deng et al.,
+    arXiv 2505.18830; :mod:`lldyn.squeeze.nthr`): tokens of incorrect completions that influence the group's correct ones
+    more than ``nthr_threshold`` × the correct tokens' mean keep ``nthr_scale`` of their penalty. ``batch_size`` counts
     completions (TRL's per-device batch); one optimizer step trains on a generation batch of
     ``batch_size × grad_accum`` completions: ``batch_size × grad_accum / num_generations`` prompts.
+
+    GRPO observation (with ``probes``; docs/grpo.md): ``probe_samples`` draws per probe prompt from the starting
+    policy (0 = none), split by the reward at ``probe_samples_correct_at`` into ``sample_correct`` /
+    ``sample_incorrect`` (:mod:`lldyn.policy_samples`); ``probe_greedy``: the current greedy answer to each
+    probe prompt at every evaluation (``max_completion_length`` tokens) and its accuracy against the gold
+    answers; ``lld_alarm`` with its thresholds ``lld_reward_rise`` and ``lld_logp_rise`` (:mod:`lldyn.squeeze.lld`).
     """
 
     method: str = "dpo"
@@ -115,6 +124,15 @@ class TrainConfig:
     epsilon_high: float | None = None
     scale_rewards: str = "group"
     mask_truncated_completions: bool = False
+    probe_samples: int = 4
+    probe_samples_correct_at: float = 1.0
+    probe_greedy: bool = True
+    lld_alarm: bool = True
+    lld_reward_rise: float = 0.0
+    lld_logp_rise: float = 0.0
+    nthr: bool = False
+    nthr_threshold: float = 1.0
+    nthr_scale: float = 0.5
 
     def __post_init__(self) -> None:
         check(self.method in METHODS, "method", f"unknown method {self.method!r}", "one of " + ", ".join(METHODS))
@@ -182,7 +200,9 @@ FREE_RUN_FIELDS: dict[str, Any] = {f: TrainConfig.__dataclass_fields__[f].defaul
 
 GRPO_FIELDS: dict[str, Any] = {f: TrainConfig.__dataclass_fields__[f].default for f in (
     "reward", "num_generations", "max_completion_length", "temperature", "top_p", "loss_type", "epsilon",
-    "epsilon_high", "scale_rewards", "mask_truncated_completions")}
+    "epsilon_high", "scale_rewards", "mask_truncated_completions", "probe_samples", "probe_samples_correct_at",
+    "probe_greedy", "lld_alarm", "lld_reward_rise", "lld_logp_rise", "nthr", "nthr_threshold", "nthr_scale")}
+NTHR_FIELDS = ("nthr", "nthr_threshold", "nthr_scale")
 
 
 def check_grpo(cfg: TrainConfig) -> None:
@@ -209,6 +229,19 @@ def check_grpo(cfg: TrainConfig) -> None:
     check(cfg.temperature > 0, "temperature", f"must be > 0, got {cfg.temperature}", "a positive number")
     check(0 < cfg.top_p <= 1, "top_p", f"must be in (0, 1], got {cfg.top_p}", "a number in (0, 1]")
     check(bool(cfg.reward.strip()), "reward", "no reward", "builtin or module:function")
+    check(cfg.probe_samples >= 0, "probe_samples", f"must be >= 0, got {cfg.probe_samples}",
+          "a number of samples per probe prompt (0 = none)")
+    check(math.isfinite(cfg.probe_samples_correct_at), "probe_samples_correct_at",
+          f"must be finite, got {cfg.probe_samples_correct_at}", "the reward at which a sample counts as correct")
+    check(cfg.lld_reward_rise >= 0 and math.isfinite(cfg.lld_reward_rise) and math.isfinite(cfg.lld_logp_rise),
+          "lld_reward_rise", f"LLD thresholds must be finite (reward rise >= 0), got {cfg.lld_reward_rise}, "
+          f"{cfg.lld_logp_rise}", "lld_reward_rise >= 0 and a finite lld_logp_rise (nats)")
+    if cfg.nthr:
+        NTHRConfig(cfg.nthr_threshold, cfg.nthr_scale)
+    else:
+        for name in NTHR_FIELDS[1:]:
+            check(getattr(cfg, name) == GRPO_FIELDS[name], name, f"{name} applies with --nthr only", "--nthr, or no "
+                  f"--{name.replace('_', '-')}")
 
 
 def prompts_per_step(cfg: TrainConfig) -> int:
@@ -257,6 +290,8 @@ def run_config(cfg: TrainConfig) -> dict[str, Any]:
     values = config_to_dict(cfg)
     if cfg.method != "grpo":  # a run of another method writes the config.json it always wrote
         values = {k: v for k, v in values.items() if k not in GRPO_FIELDS}
+    elif not cfg.nthr:  # so does a GRPO run without NTHR
+        values = {k: v for k, v in values.items() if k not in NTHR_FIELDS}
     if cfg.generate_prompts == 0:  # so does a run without free-running generations (runs made before can resume)
         values = {k: v for k, v in values.items() if k not in FREE_RUN_FIELDS}
     if values.get("base_url"):

@@ -29,27 +29,26 @@ import torch
 from lldyn.data import PromptExample, load_prompts
 from lldyn.errors import LldynError
 from lldyn.generation import GenerationConfig, sample
+from lldyn.squeeze.nthr import NTHRConfig, nthr_weights, token_features
 from lldyn.losses import group_advantages
-from lldyn.rewards import RewardFunction, TrainerState, load_reward
+from lldyn.rewards import RewardFunction, TrainerState, load_reward, reward_inputs
 from lldyn.rundir import GroupCompletion
 from lldyn.scoring import EncodedPair, Encoder
 from lldyn.train.batches import batch_order
 from lldyn.train.config import TrainConfig, prompts_per_step
 from lldyn.train.reference import reference_token_logps
 
-# keyword arguments lldyn passes a reward function itself; row fields of these names are not passed again
-RESERVED_REWARD_KWARGS = frozenset({"prompt", "prompts", "completion", "completions", "completion_ids",
-                                    "trainer_state"})
-
 
 class Rollout(NamedTuple):
     """One completion of a generation batch as the loss needs it: its saved row, its prompt's tokens, its name
-    (``prompt_id/k``, the k-th completion of the group) and, with β > 0, the reference's per-token log-probs."""
+    (``prompt_id/k``, the k-th completion of the group), with β > 0 the reference's per-token log-probs, and with
+    NTHR its per-token advantage weights (:func:`with_nthr`)."""
 
     row: GroupCompletion
     prompt_ids: tuple[int, ...]
     id: str
     ref_token_logps: tuple[float, ...] | None = None
+    token_weights: tuple[float, ...] | None = None
 
     @property
     def encoded(self) -> EncodedPair:
@@ -111,20 +110,6 @@ def sampling_seed(cfg: TrainConfig, phase_index: int, step: int) -> int:
     return cfg.seed * 1_000_003 + 7919 * (phase_index * 1_000_000 + step + 1)
 
 
-def reward_inputs(batch: Sequence[PromptExample], samples: Sequence[Any], state: TrainerState
-                  ) -> tuple[list[Any], list[Any], dict[str, Any]]:
-    """``prompts``, ``completions`` and keyword arguments for a reward function, as TRL 1.16 passes them
-    (:mod:`lldyn.rewards`): one entry per completion; chat prompts get their completion as an assistant message."""
-    prompts = [p.prompt for p in batch]
-    completions = [s.text if isinstance(p.prompt, str) else [{"role": "assistant", "content": s.text}]
-                   for p, s in zip(batch, samples)]
-    keys = dict.fromkeys(k for p in batch for k in p.fields if k not in RESERVED_REWARD_KWARGS)
-    kwargs: dict[str, Any] = {k: [p.fields.get(k) for p in batch] for k in keys}
-    kwargs["completion_ids"] = [list(s.completion_ids) for s in samples]
-    kwargs["trainer_state"] = state
-    return prompts, completions, kwargs
-
-
 def sample_generation(model: Any, tokenizer: Any, prompts: Sequence[PromptExample], reward: RewardFunction,
                       cfg: TrainConfig, phase_index: int, step: int, global_step: int, total: int) -> Generation:
     """Steps 1-3 of the module docstring for phase step ``step`` (optimizer step ``global_step + 1`` of a run of
@@ -147,8 +132,36 @@ def sample_generation(model: Any, tokenizer: Any, prompts: Sequence[PromptExampl
         rollouts.append(Rollout(row, s.prompt_ids, f"{p.id}/{j % G}"))
     num_items = sum(len(s.completion_ids) for s in samples if s.eos or not cfg.mask_truncated_completions)
     stats = generation_stats(rollouts, rewards, adv.frac_reward_zero_std, len(batch) // G)
+    if cfg.nthr:
+        rollouts, nthr_stats = with_nthr(model, tokenizer.pad_token_id, rollouts, G,
+                                         NTHRConfig(cfg.nthr_threshold, cfg.nthr_scale))
+        stats.update(nthr_stats)
     stats["grpo/sampling_seconds"] = time.perf_counter() - started  # the first step's is spent before its timer
     return Generation(step, rollouts, num_items, stats)
+
+
+def with_nthr(model: Any, pad_id: int, rollouts: list[Rollout], num_generations: int, config: NTHRConfig
+              ) -> tuple[list[Rollout], dict[str, float]]:
+    """NTHR's per-token weights (:func:`lldyn.squeeze.nthr.nthr_weights`) of every group, from the policy the completions
+    were sampled from (no grad, before the update); and ``nthr/tokens_flagged``: the share of the incorrect
+    completions' tokens whose penalty is scaled down, ``nthr/groups``: groups with both correct and incorrect
+    completions."""
+    out: list[Rollout] = []
+    flagged = negative = groups = 0
+    for start in range(0, len(rollouts), num_generations):
+        group = rollouts[start:start + num_generations]
+        advantages = [r.row.advantage for r in group]
+        if not (any(a > 0 for a in advantages) and any(a < 0 for a in advantages)):
+            out += group
+            continue
+        groups += 1
+        result = nthr_weights(token_features(model, [r.encoded for r in group], pad_id), advantages, config)
+        for r, w in zip(group, result.weights):
+            out.append(r._replace(token_weights=tuple(float(v) for v in w)))
+            if r.row.advantage < 0:
+                flagged += int((w != 1.0).sum())
+                negative += len(w)
+    return out, {"nthr/tokens_flagged": flagged / negative if negative else 0.0, "nthr/groups": float(groups)}
 
 
 def generation_stats(rollouts: Sequence[Rollout], rewards: torch.Tensor, frac_zero_std: torch.Tensor,

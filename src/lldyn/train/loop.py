@@ -29,7 +29,7 @@ from lldyn.distributed import Processes
 from lldyn.errors import LldynError
 from lldyn.losses import PREFERENCE_LOSSES, UpdateTerm
 from lldyn.models import check_model_name
-from lldyn.rundir import RunDir, StoppedRow, TrackSummary, TrainRow
+from lldyn.rundir import AlarmRow, RunDir, StoppedRow, TrackSummary, TrainRow
 from lldyn.runs import is_run_dir, load_start_model
 from lldyn.scoring import Encoder
 from lldyn.train.batches import check_batch, encode_phase_data, load_training_data, micro_batch
@@ -67,6 +67,8 @@ class Job:
     source: Any = None
     reward: Any = None
     first_generation: Generation | None = None
+    probe_prompts: list[Any] | None = None  # GRPO: the probe prompts' data rows (gold answers), None without probes
+    policy_samples: list[Any] | None = None  # GRPO: the starting policy's samples of the probe prompts
     tracker: Any = None
     decomposer: Any = None
     checkpoint: Path | None = None
@@ -189,13 +191,54 @@ def start_job(cfg: TrainConfig, resume: bool, decomposer: Any, callbacks: Sequen
     # refused before anything is written (the same seed gives the same batch later: nothing changes)
     first = sample_generation(lm.model, lm.tokenizer, prompts, reward, cfg, 0, 0, 0,
                               phase_length(plan[0], len(prompts), cfg)) if reward is not None and not resume else None
+    rows = grpo_probe_prompts(cfg, prompts, reward) if reward is not None else None
+    samples = grpo_policy_samples(cfg, lm.model, lm.tokenizer, rows, reward, resume)
     run = procs.from_main(lambda: RunDir.create(cfg.out, run_config(cfg), resume=resume))
+    if samples is not None and procs.is_main and run.policy_samples() is None:
+        run.write_policy_samples(samples)
     job = Job(cfg, procs, run, lm.model, lm.tokenizer, params, encoder, pairs, plan, phase_data, source, reward,
-              first, progress=progress)
+              first, rows, samples, progress=progress)
     job.decomposer = decomposer if decomposer is not None else make_decomposer(job)
     job.tracker = make_tracker(job, callbacks)
     find_resume_point(job, resume)
     return job
+
+
+def grpo_probe_prompts(cfg: TrainConfig, prompts: Sequence[Any], reward: Any) -> list[Any] | None:
+    """GRPO with probes: the probe prompts' data rows (their gold answers; a probe's ``prompt_id`` is its row's
+    id), looked up in the training prompts, then in the whole data. With ``probe_samples`` every probe prompt
+    needs its row (and a gold answer under ``--reward builtin``), refused here before anything is written;
+    without, the rows found serve the greedy y*'s accuracy only."""
+    if not cfg.probes or cfg.eval_every <= 0:
+        return None
+    from lldyn.data import load_prompts
+    from lldyn.policy_samples import probe_prompts
+    from lldyn.probes import ProbeSet
+
+    ids = ProbeSet.load(cfg.probes).prompt_ids
+    known = {p.id for p in prompts}
+    pool = list(prompts)
+    if not set(ids) <= known:
+        pool += [p for p in load_prompts(cfg.data, cfg.split, None, skip_invalid=True) if p.id not in known]
+    if cfg.probe_samples == 0:
+        return [p for p in pool if p.id in set(ids)]
+    return probe_prompts(ids, pool, reward, where=cfg.probes)
+
+
+def grpo_policy_samples(cfg: TrainConfig, model: Any, tokenizer: Any, rows: list[Any] | None, reward: Any,
+                        resume: bool) -> list[Any] | None:
+    """GRPO with probes and ``probe_samples``: the starting policy's samples of the probe prompts, read back from
+    the run being resumed, or drawn now from the starting model (before anything is written: a reward that fails
+    on them is refused first). None when not wanted."""
+    if rows is None or cfg.probe_samples == 0:
+        return None
+    from lldyn.policy_samples import PolicySampleConfig, policy_samples
+
+    config = PolicySampleConfig(n=cfg.probe_samples, max_new_tokens=cfg.max_completion_length,
+                                temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+                                correct_at=cfg.probe_samples_correct_at, template=cfg.template,
+                                max_prompt_tokens=cfg.max_prompt_tokens or None, batch_size=cfg.batch_size)
+    return policy_samples(RunDir(cfg.out) if resume else None, model, tokenizer, rows, reward, config, write=False)
 
 
 def make_decomposer(job: Job) -> Any:
@@ -208,8 +251,9 @@ def make_decomposer(job: Job) -> Any:
     from lldyn.decompose.llm import DecomposeConfig, StepDecomposer
     from lldyn.probes import ProbeSet
 
+    samples = job.policy_samples or ()  # GRPO: the starting policy's samples are decomposed too
     return StepDecomposer(job.tokenizer, ProbeSet.coerce(cfg.probes), job.run,
-                          DecomposeConfig(score=cfg.scoring(), every=cfg.decompose_every))
+                          DecomposeConfig(score=cfg.scoring(), every=cfg.decompose_every), samples=samples)
 
 
 def make_tracker(job: Job, callbacks: Sequence[Callable]) -> Any:
@@ -226,9 +270,22 @@ def make_tracker(job: Job, callbacks: Sequence[Callable]) -> Any:
         first = next(i for i, p in enumerate(job.plan) if p.kind in PREFERENCE_LOSSES)
         start = sum(phase_length(p, len(d), cfg) for p, d in zip(job.plan[:first], job.phase_data[:first]))
         all_callbacks.append(squeeze_alarm(from_step=start))
+    gold, greedy = None, None
+    if job.probe_prompts is not None:  # GRPO: greedy answers and their accuracy; the LLD alarm with samples
+        from lldyn.generation import GenerationConfig
+        from lldyn.policy_samples import gold_answers
+        from lldyn.squeeze import LLDAlarmConfig, lld_alarm
+
+        gold = gold_answers(job.probe_prompts)
+        if cfg.probe_greedy:
+            greedy = GenerationConfig(max_new_tokens=cfg.max_completion_length, template=cfg.template,
+                                      batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens or None)
+        if job.policy_samples is not None and cfg.lld_alarm:
+            all_callbacks.append(lld_alarm(LLDAlarmConfig(cfg.lld_reward_rise, cfg.lld_logp_rise)))
     return Tracker(job.model, job.tokenizer, cfg.probes, job.run, every=cfg.eval_every, score_config=cfg.scoring(),
                    callbacks=all_callbacks, initial_sample=cfg.initial_sample, progress=False,
-                   processes=job.procs, free_run=cfg.free_run())
+                   processes=job.procs, free_run=cfg.free_run(), policy_samples=job.policy_samples or (), gold=gold,
+                   greedy=greedy)
 
 
 def find_resume_point(job: Job, resume: bool) -> None:
@@ -369,7 +426,7 @@ def track(job: Job, step: int) -> None:
         return
     was_training = job.model.training
     job.model.eval()
-    job.last_summary = job.tracker.track(step)
+    evaluate(job, step)
     job.model.train(was_training)
 
 
@@ -377,8 +434,24 @@ def track_phase_end(job: Job) -> None:
     """Evaluate the probes at the end of a phase unless that step was evaluated already."""
     if job.tracker is not None and not any(h.step == job.global_step for h in job.tracker.history):
         job.model.eval()
-        job.last_summary = job.tracker.track(job.global_step)
+        evaluate(job, job.global_step)
     job.model.eval()
+
+
+def evaluate(job: Job, step: int) -> None:
+    """One probe evaluation; GRPO adds the mean training reward since the previous evaluation to its signals, and
+    an alarm that fires is logged as an :class:`~lldyn.rundir.AlarmRow`."""
+    signals = {}
+    if job.reward is not None:
+        before = max((h.step for h in job.tracker.history if h.step < step), default=-1)
+        window = [r.stats["reward"] for r in job.run.train_rows() if before < r.step <= step and "reward" in r.stats]
+        if window:
+            signals["reward"] = sum(window) / len(window)
+    job.last_summary = job.tracker.track(step, signals)
+    extra = job.last_summary.extra
+    if extra.get("lld/alarm"):
+        log(job, AlarmRow(step, "lld", extra.get("lld/since_step"),
+                          {k: v for k, v in extra.items() if k.startswith("lld/d_")}))
 
 
 def checkpoint(job: Job, optimizer: Any, scheduler: Any, phase_index: int, step: int, phase_name: str) -> None:

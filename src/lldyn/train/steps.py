@@ -95,11 +95,17 @@ def grpo_step(model: Any, batch: Sequence[Rollout], pad_id: int, cfg: TrainConfi
         for i, r in enumerate(batch):
             ref[i, :r.row.n_tokens] = torch.tensor(r.ref_token_logps, dtype=logps.dtype)
     dapo = cfg.loss_type == "dapo"
-    out = grpo_loss(logps, advantages, mask, ref_token_logps=ref, beta=cfg.beta, epsilon=cfg.epsilon,
-                    epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,  # type: ignore[arg-type]
-                    max_completion_length=cfg.max_completion_length,
-                    # a tensor on the log-probs' device: the loss divides (B, T) tensors by it
-                    num_items_in_batch=torch.tensor(float(num_items), device=logps.device) if dapo else None)
+    weights = None
+    if cfg.nthr:  # NTHR (lldyn.squeeze.nthr): per-token advantage weights
+        weights = torch.ones_like(logps)
+        for i, r in enumerate(batch):
+            if r.token_weights is not None:
+                weights[i, :r.row.n_tokens] = torch.tensor(r.token_weights, dtype=logps.dtype)
+    kwargs = dict(ref_token_logps=ref, beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                  loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_length,
+                  # a tensor on the log-probs' device: the loss divides (B, T) tensors by it
+                  num_items_in_batch=torch.tensor(float(num_items), device=logps.device) if dapo else None)
+    out = grpo_loss(logps, advantages, mask, token_weights=weights, **kwargs)  # type: ignore[arg-type]
     scale = 1.0 if dapo else 1.0 / cfg.grad_accum
     terms = []
     for i, r in enumerate(batch):
@@ -113,4 +119,10 @@ def grpo_step(model: Any, batch: Sequence[Rollout], pad_id: int, cfg: TrainConfi
              "clip_ratio/region_mean": float(out.clip.region_mean)}
     if out.mean_kl is not None:
         stats["kl"] = float(out.mean_kl)
+    if weights is not None:  # how much of the negative-advantage term's residual NTHR removed
+        plain = grpo_loss(logps.detach(), advantages, mask, **kwargs)  # type: ignore[arg-type]
+        negative = (advantages < 0)[:, None]
+        before = float((plain.token_coef.abs() * negative).sum())
+        after = float((out.token_coef.abs() * negative).sum())
+        stats["nthr/negative_coef_removed"] = 1.0 - after / before if before > 0 else 0.0
     return StepOutput(out.loss * scale, stats, terms)
