@@ -29,6 +29,11 @@ def test_demo_quick_runs_sft_then_dpo_and_reports(tmp_path):
     assert sft.config()["method"] == "sft" and dpo.config()["method"] == "dpo"
     assert dpo.config()["model"] == str(Path("demo") / "sft")  # DPO starts from the SFT run
     assert "What moved" in proc.stdout and "SFT (steps" in proc.stdout and "DPO (steps" in proc.stdout
+    for run in (sft, dpo):  # the repeater is on in the demo: greedy generations at every evaluation, within budget
+        generations = run.generations()
+        assert {r.step for r in generations} == {s.step for s in run.probe_summaries()}
+        assert len({r.prompt_id for r in generations}) == 4 and max(r.n_tokens for r in generations) <= 8
+    assert "Greedy generations over training (the repeater)" in (out / "report.html").read_text()
     # Rerunning the finished demo resumes (nothing retrained) and reports again.
     again = cli("demo", "--quick", "--model", "tiny-random-llama", "--out", "demo", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -53,6 +58,8 @@ def test_reproduce_configs_complete_shortened(tmp_path, experiment):
     if experiment == "sft":
         assert not (out / "held_out_dpo.jsonl").exists()
         return
+    if experiment == "dpo":  # reproduce dpo generates at every evaluation (the repeater)
+        assert {r.step for r in RunDir(out / "dpo").generations()} == {s.step for s in RunDir(out / "dpo").probe_summaries()}
     # What the DPO phase did to the held-out prompts: y+, y− and y* at the phase's start and end, per run.
     rows = [json.loads(x) for x in (out / "held_out_dpo.jsonl").read_text().splitlines()]
     assert len(rows) == 3 * len(held) * len(runs)

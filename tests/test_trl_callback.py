@@ -143,6 +143,31 @@ def test_tracking_does_not_change_training(dpo_run, tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_free_running_generations_through_the_callback(probes, tmp_path):
+    """The repeater inside a TRL DPOTrainer: the tracker's own code path, every 2nd evaluation, and the last
+    generations are the trained model's greedy ones, scored by the engine."""
+    from lldyn.generation import sample
+    from lldyn.scoring import EncodedPair, ScoreConfig, score_encoded
+    from lldyn.tracking import FreeRunConfig
+
+    cb = LearningDynamicsCallback(probes=probes, every=1, out=tmp_path / "run", initial_sample=False,
+                                  free_run=FreeRunConfig(prompts=1, max_new_tokens=4, every=2))
+    rec = Recorder()
+    trainer, tok = run_dpo(tmp_path, [cb, rec], "repeater")
+    run = RunDir(tmp_path / "run")
+    rows = run.generations()
+    assert [(r.step, r.prompt_id) for r in rows] == [(0, probes.prompt_ids[0]), (2, probes.prompt_ids[0])]
+    assert json.loads(run.config_path.read_text())["free_run"] == {"prompts": 1, "max_new_tokens": 4, "every": 2}
+    logged = [step for step, logs in rec.logs if "lldyn/generation/loop_share" in logs]
+    assert logged == [0, 2]
+    (s,) = sample(trainer.model, tok, [probes.get(probes.prompt_ids[0], "chosen").prompt],
+                  GenerationConfig(max_new_tokens=4))
+    (res,) = score_encoded(trainer.model, [EncodedPair(s.prompt_ids, s.completion_ids)], tok.pad_token_id,
+                           ScoreConfig())
+    assert (rows[-1].text, rows[-1].eos) == (s.text, s.eos)
+    assert rows[-1].logp == pytest.approx(res.logp, abs=1e-4)
+
+
 def test_sft_trainer_and_logging_only(probes, tmp_path):
     lm = load_model(TINY)
     pairs = load_preferences("builtin:train", limit=8)

@@ -5,7 +5,9 @@ the mean of log π over the probe prompts against the step with the inter-quarti
 overlaid with labels from their ``config.json``; the same for the change since step 0; and the
 squeeze signals (top-1 probability, entropy along y+ and y−). The HTML embeds every PNG as base64,
 a table of each run's last-step mean change per family, example probes, for a decomposed run the
-predicted-vs-actual and +/− split figures of :mod:`lldyn.decompose.plots`, any PNG another module put
+predicted-vs-actual and +/− split figures of :mod:`lldyn.decompose.plots`, for a run with free-running
+greedy generations (the repeater) their degeneration curves and, for a few prompts, the generation at the
+first and at the last evaluation side by side, any PNG another module put
 in ``RUN/figures/`` (captioned with its file name) and any ``extra_sections`` a caller passes. A GRPO run
 (policy samples, a reward) gets one more figure: the change of log π of the starting policy's correct and
 incorrect samples, the mean training reward and the greedy answers' (and y*'s) accuracy per evaluation,
@@ -29,7 +31,7 @@ from lldyn.decompose.plots import plot_decomposition
 from lldyn.errors import LldynError
 from lldyn.io import atomic_write_text, read_jsonl, save_figure
 from lldyn.probes import FAMILIES
-from lldyn.rundir import FIGURES, PROBE_TABLE, REPORT, RunDir, TrackSummary
+from lldyn.rundir import FIGURES, PROBE_TABLE, REPORT, GenerationRow, RunDir, TrackSummary
 from lldyn.squeeze import lld_intervals, squeeze_intervals
 
 # matplotlib is imported inside the drawing functions: it is slow to import and only figures need it.
@@ -38,8 +40,9 @@ LOGP_FIGURE = "probe_logp.png"
 DELTA_FIGURE = "probe_delta.png"
 SIGNALS_FIGURE = "squeeze_signals.png"
 SQUEEZE_FIGURE = "squeeze.png"
+REPEATER_FIGURE = "repeater.png"
 GRPO_FIGURE = "grpo.png"
-OWN_FIGURES = (LOGP_FIGURE, DELTA_FIGURE, SIGNALS_FIGURE, SQUEEZE_FIGURE, GRPO_FIGURE)
+OWN_FIGURES = (LOGP_FIGURE, DELTA_FIGURE, SIGNALS_FIGURE, SQUEEZE_FIGURE, REPEATER_FIGURE, GRPO_FIGURE)
 
 
 @dataclass
@@ -52,6 +55,7 @@ class RunData:
     table: list[dict[str, Any]]
     summaries: list[TrackSummary]
     preference_start: int
+    generations: list[GenerationRow]
 
     @property
     def path(self) -> Path:
@@ -103,7 +107,8 @@ def load_run(path: str | Path) -> RunData:
     if not table:
         raise LldynError(f"no probe table ({PROBE_TABLE}) in the run directory", file=str(run.path),
                          expected="a run tracked with probes (lldyn train --probes, or LearningDynamicsCallback(out=...))")
-    return RunData(run, run_label(config, run.path), config, table, run.probe_summaries(), run.preference_start())
+    return RunData(run, run_label(config, run.path), config, table, run.probe_summaries(), run.preference_start(),
+                   run.generations())
 
 
 def _quantile(sorted_vals: Sequence[float], q: float) -> float:
@@ -271,6 +276,78 @@ def plot_squeeze(runs: Sequence[RunData], path: str | Path) -> Path | None:
                frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     return _save(fig, path)
+
+
+REPEATER_PANELS = (("distinct_2", "distinct-2 (corpus)"), ("repeated_4gram", "repeated 4-gram rate"),
+                   ("loop_share", "share caught in a loop"), ("mean_length", "mean length (tokens)"),
+                   ("eos_share", "share that reached EOS"), ("mean_logp", "mean log π of the generation"))
+
+
+def plot_repeater(runs: Sequence[RunData], path: str | Path) -> Path | None:
+    """The repeater: the summary of the free-running greedy generations over steps (``TrackSummary.generation``),
+    one panel per measure, hatched where the squeeze alarm fired. None when no run generated."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    if not any(s.generation for run in runs for s in run.summaries):
+        return None
+    fig = Figure(figsize=(13, 5.2))
+    axes = fig.subplots(2, 3)
+    for ax, (key, title) in zip(axes.flat, REPEATER_PANELS):
+        _shade_squeeze(ax, runs)
+        for i, run in enumerate(runs):
+            pts = sorted((s.step, s.generation[key]) for s in run.summaries if key in s.generation)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{i % 10}", label=run.label, marker=".")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_label = dict(zip(*reversed(axes.flat[0].get_legend_handles_labels())))
+    fig.legend(list(by_label.values()), list(by_label), loc="lower center", ncol=min(4, len(by_label)), fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _save(fig, path)
+
+
+def _generation_cell(row: GenerationRow) -> str:
+    flags = [f"{row.n_tokens}/{row.budget} tokens", "EOS" if row.eos else "no EOS",
+             f"in a loop (period {row.loop_period})" if row.in_loop else "",
+             f"repeated 4-grams {row.repeated_4gram:.2f}", f"log π {row.logp:.1f}"]
+    return (f"<td><pre class='gen'>{html.escape(row.text)}</pre>"
+            f"<small>{html.escape(', '.join(f for f in flags if f))}</small></td>")
+
+
+def generation_pairs(run: RunData, n_prompts: int = 3) -> str:
+    """For the first ``n_prompts`` generated prompts: the free-running greedy generation at the run's first and
+    at its last generating evaluation, side by side (every text escaped). Empty when the run has none."""
+    rows = run.generations
+    if not rows:
+        return ""
+    first, last = min(r.step for r in rows), max(r.step for r in rows)
+    at = {(r.step, r.prompt_id): r for r in rows}
+    prompt_ids = list(dict.fromkeys(r.prompt_id for r in rows if r.step == first))[:n_prompts]
+    body = ""
+    for pid in prompt_ids:
+        cells = "".join(_generation_cell(at[(step, pid)]) if (step, pid) in at else "<td>–</td>"
+                        for step in (first, last))
+        body += f"<tr><th>{html.escape(pid)}</th>{cells}</tr>"
+    return (f"<table class='probes'><tr><th>prompt</th><th>step {first}</th><th>step {last}</th></tr>{body}</table>")
+
+
+def repeater_section(runs: Sequence[RunData], figures: Path) -> tuple[str, str] | None:
+    """The repeater (paper Sec. 4.2): what the model says when it runs free, over training (None: no run
+    generated)."""
+    figure = plot_repeater(runs, figures / REPEATER_FIGURE)
+    if figure is None:
+        return None
+    parts = [_img(figure, "free-running greedy generations of the first probe prompts: distinct-2, repeated "
+                          "4-grams, share in a loop, length, EOS, log π (docs/tracking.md)")]
+    for run in runs:
+        pairs = generation_pairs(run)
+        if pairs:
+            parts.append(f"<h3>{html.escape(run.label)}: first vs last generation</h3>{pairs}")
+    return ("Greedy generations over training (the repeater)", "".join(parts))
 
 
 def plot_grpo(runs: Sequence[RunData], path: str | Path) -> Path | None:
@@ -444,7 +521,7 @@ def probe_examples(run: RunData, n_prompts: int = 2) -> str:
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 img{max-width:100%}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;
 text-align:left;font-size:.9em;vertical-align:top}figure{margin:1em 0}figcaption{color:#555;font-size:.85em}
-table.probes td{max-width:800px}"""
+table.probes td{max-width:800px}pre.gen{white-space:pre-wrap;margin:0;font-family:inherit}"""
 
 
 def write_report(runs: Sequence[str | Path], out: str | Path | None = None,
@@ -487,6 +564,9 @@ def write_report(runs: Sequence[str | Path], out: str | Path | None = None,
     sections = [("Probe families over training", squeeze_summary(data) + lld_summary(data)
                  + "".join(_img(p, c) for p, c in drawn)),
                 ("Mean change of log π at the last step", last_step_table(data))]
+    repeater = repeater_section(data, figures)
+    if repeater is not None:
+        sections.append(repeater)
     sections += decomposition_sections(data, figures)
     own = {p.resolve() for p, _ in drawn}
     for d in data:

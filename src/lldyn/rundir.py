@@ -13,6 +13,7 @@ Layout::
       policy_samples.jsonl   GRPO: the starting policy's own samples of the probe prompts, split by the reward
                              (the ``sample_correct`` / ``sample_incorrect`` families), drawn once at step 0
       probe_table.jsonl      one row per (step, prompt_id, family): PROBE_COLUMNS
+      generations.jsonl      free-running greedy generations at evaluations (the repeater), one GenerationRow each
       ref_logps-<phase>.jsonl  reference log-probs of a pairwise phase's pairs, computed once
       on_policy/round-<n>.jsonl  the pairs of on-policy round n (sampled, labelled)
       grpo/step-<n>.jsonl    GRPO: the generation batch step n trained on, one GroupCompletion per completion
@@ -42,6 +43,7 @@ INITIAL_SAMPLES = "initial_samples.jsonl"
 POLICY_SAMPLES = "policy_samples.jsonl"
 PROBE_TABLE = "probe_table.jsonl"
 DECOMPOSE = "decompose.jsonl"
+GENERATIONS = "generations.jsonl"
 CHECKPOINTS = "checkpoints"
 FIGURES = "figures"
 REPORT = "report.html"
@@ -102,6 +104,46 @@ class GroupCompletion:
         return cls(int(row["step"]), str(row["prompt_id"]), int(row["group"]), row["prompt"], str(row["completion"]),
                    tuple(int(t) for t in row["completion_ids"]), bool(row["eos"]),
                    None if reward is None else float(reward), float(row["advantage"]))
+
+
+@dataclass(frozen=True)
+class GenerationRow:
+    """One free-running greedy generation of a probe prompt at an evaluation (``generations.jsonl``).
+
+    step: the evaluation's step; prompt_id: the probe prompt; text: the completion decoded without special
+    tokens; n_tokens: its length in tokens without EOS (at most ``budget``); budget: the evaluation's
+    ``max_new_tokens``; eos: whether generation stopped at EOS; logp: log π of the generated tokens (EOS
+    included when generated) under the model of that step, from the one engine; distinct_1, distinct_2,
+    repeated_4gram (Welleck's seq-rep-4), in_loop, loop_period: :func:`lldyn.degeneration.degeneration` of
+    the token ids.
+    """
+
+    step: int
+    prompt_id: str
+    text: str
+    n_tokens: int
+    budget: int
+    eos: bool
+    logp: float
+    distinct_1: float
+    distinct_2: float
+    repeated_4gram: float
+    in_loop: bool
+    loop_period: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "prompt_id": self.prompt_id, "text": self.text, "n_tokens": self.n_tokens,
+                "budget": self.budget, "eos": self.eos, "logp": self.logp, "distinct_1": self.distinct_1,
+                "distinct_2": self.distinct_2, "repeated_4gram": self.repeated_4gram, "in_loop": self.in_loop,
+                "loop_period": self.loop_period}
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> "GenerationRow":
+        period = row.get("loop_period")
+        return cls(int(row["step"]), str(row["prompt_id"]), str(row["text"]), int(row["n_tokens"]),
+                   int(row["budget"]), bool(row["eos"]), float(row["logp"]), float(row["distinct_1"]),
+                   float(row["distinct_2"]), float(row["repeated_4gram"]), bool(row["in_loop"]),
+                   None if period is None else int(period))
 
 
 @dataclass(frozen=True)
@@ -185,6 +227,10 @@ class TrackSummary:
     family_delta: mean over prompts of log π(step) − log π(first evaluation), per family.
     signals: the squeeze signals (``lldyn.tracking.SIGNALS``).
     extra: keys the tracker callbacks returned for this step (the squeeze alarm's), and ``probe_seconds``.
+    generation: the free-running greedy generations of this evaluation, summarised (empty when none were
+        made): ``distinct_1``, ``distinct_2`` (corpus), ``repeated_4gram``, ``loop_share``, ``mean_length``,
+        ``eos_share``, ``mean_logp``, ``n`` (:data:`lldyn.tracking.GENERATION_KEYS`); ``generation/<key>`` in
+        ``metrics.jsonl``.
     """
 
     EVENT = "probes"
@@ -193,12 +239,14 @@ class TrackSummary:
     family_delta: Mapping[str, float]
     signals: Mapping[str, float]
     extra: Mapping[str, Any] = field(default_factory=dict)
+    generation: Mapping[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {"step": self.step, "event": self.EVENT}
         row.update({f"family_mean/{k}": v for k, v in self.family_mean.items()})
         row.update({f"family_delta/{k}": v for k, v in self.family_delta.items()})
         row.update({f"signal/{k}": v for k, v in self.signals.items()})
+        row.update({f"generation/{k}": v for k, v in self.generation.items()})
         row.update(self.extra)
         return row
 
@@ -207,9 +255,10 @@ class TrackSummary:
         def part(prefix: str) -> dict[str, float]:
             return {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix)}
 
-        known = ("step", "event", "family_mean/", "family_delta/", "signal/")
+        known = ("step", "event", "family_mean/", "family_delta/", "signal/", "generation/")
         extra = {k: v for k, v in row.items() if not any(k == p or k.startswith(p) for p in known)}
-        return cls(int(row["step"]), part("family_mean/"), part("family_delta/"), part("signal/"), extra)
+        return cls(int(row["step"]), part("family_mean/"), part("family_delta/"), part("signal/"), extra,
+                   part("generation/"))
 
 
 @dataclass(frozen=True)
@@ -428,6 +477,28 @@ class RunDir:
     def write_initial_samples(self, rows: Sequence[Mapping[str, Any]]) -> None:
         atomic_write_jsonl(self.path / INITIAL_SAMPLES, rows)
 
+    # ------------------------------------------------------------------ free-running generations
+    @property
+    def generations_path(self) -> Path:
+        return self.path / GENERATIONS
+
+    def generations(self) -> list[GenerationRow]:
+        """Every saved free-running generation, in the order written (steps ascending)."""
+        p = self.generations_path
+        return [GenerationRow.from_json(r) for r in read_jsonl(p)] if p.is_file() else []
+
+    def append_generations(self, rows: Sequence[GenerationRow]) -> None:
+        """Add one evaluation's generations. Rows of a step already saved (an evaluation redone after a kill
+        between this write and its metrics row) are replaced, never duplicated."""
+        rows = list(rows)
+        steps = {r.step for r in rows}
+        p = self.generations_path
+        if p.is_file() and any(int(r.get("step", -1)) in steps for r in read_jsonl(p, strict=False)):
+            keep = [r for r in read_jsonl(p, strict=False) if int(r.get("step", -1)) not in steps]
+            atomic_write_jsonl(p, keep + [r.to_json() for r in rows])
+        else:
+            append_jsonl(p, [r.to_json() for r in rows])
+
     def policy_samples(self) -> list[PolicySample] | None:
         """The starting policy's samples of the probe prompts, or None before they were drawn."""
         p = self.path / POLICY_SAMPLES
@@ -523,10 +594,10 @@ class RunDir:
 
     # ------------------------------------------------------------------ resume
     def truncate_after(self, step: int) -> None:
-        """On resume from a checkpoint at ``step``: drop metric, probe and decomposition rows logged after it
+        """On resume from a checkpoint at ``step``: drop metric, probe, generation and decomposition rows logged after it
         (and a torn last line), rewriting each file atomically, and the GRPO generation batches of later steps,
         so a resumed run never duplicates rows."""
-        for p in (self.metrics_path, self.path / PROBE_TABLE, self.decompose_path):
+        for p in (self.metrics_path, self.path / PROBE_TABLE, self.decompose_path, self.generations_path):
             if p.is_file():
                 keep = [r for r in read_jsonl(p, strict=False) if int(r.get("step", 0)) <= step]
                 atomic_write_jsonl(p, keep)

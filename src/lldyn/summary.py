@@ -6,7 +6,10 @@ The words say what moved; a paper effect is named only when the phase's method a
 it (SFT's lift of y+ and other prompts' answers, Sec. 4.1; the squeezing effect of DPO-family losses,
 Sec. 4.2; GRPO's lazy likelihood displacement, Deng, Ren et al. 2025: the reward rises while the starting
 policy's correct samples become less likely). A GRPO phase also reports the change of its mean training
-reward (first evaluation window to last) and of the greedy answers' and y*'s accuracy.
+reward (first evaluation window to last) and of the greedy answers' and y*'s accuracy. When a phase's
+free-running greedy generations (``--generate-prompts``) became more repetitive, a second line says so (the
+repeater, Sec. 4.2), e.g. ``DPO (steps 30→60): greedy generations more repetitive — repeated 4-grams
+0.05→0.41, in a loop 0/8→3/8, distinct-2 0.81→0.37, …``.
 """
 from __future__ import annotations
 
@@ -31,6 +34,27 @@ class PhaseChange(NamedTuple):
     signal_delta: dict[str, float] = {}  # GRPO: ``reward`` (first window → last), ``accuracy_argmax``
 
 
+def _phase_spans(run: RunDir) -> list[tuple[str, int, int]]:
+    """``(phase, step before its first step, its last step)`` of each training phase, in order."""
+    spans: list[tuple[str, int, int]] = []
+    for r in run.train_rows():
+        if spans and spans[-1][0] == r.phase:
+            spans[-1] = (r.phase, spans[-1][1], r.step)
+        else:
+            spans.append((r.phase, r.step - 1, r.step))
+    return spans
+
+
+def _around(evaluations: dict[int, TrackSummary], first: int, last: int
+            ) -> tuple[TrackSummary, TrackSummary] | None:
+    """The last evaluation at or before ``first`` and the last one in ``(first, last]`` (None: either missing)."""
+    starts = [s for s in evaluations if s <= first]
+    ends = [s for s in evaluations if first < s <= last]
+    if not starts or not ends:
+        return None
+    return evaluations[max(starts)], evaluations[max(ends)]
+
+
 def phase_changes(run_dir: str | Path) -> list[PhaseChange]:
     """One :class:`PhaseChange` per training phase of a run (from its probe evaluations).
 
@@ -39,22 +63,15 @@ def phase_changes(run_dir: str | Path) -> list[PhaseChange]:
     """
     run = RunDir(run_dir)
     probes = {s.step: s for s in run.probe_summaries()}
-    spans: list[tuple[str, int, int]] = []
-    for r in run.train_rows():
-        if spans and spans[-1][0] == r.phase:
-            spans[-1] = (r.phase, spans[-1][1], r.step)
-        else:
-            spans.append((r.phase, r.step - 1, r.step))
     out = []
-    for name, first, last in spans:
-        starts = [s for s in probes if s <= first]
-        ends = [s for s in probes if first < s <= last]
-        if not starts or not ends:
+    for name, first, last in _phase_spans(run):
+        pair = _around(probes, first, last)
+        if pair is None:
             continue
-        a, b = probes[max(starts)], probes[max(ends)]
+        a, b = pair
         delta = {f: b.family_mean[f] - a.family_mean[f] for f in b.family_mean if f in a.family_mean}
-        out.append(PhaseChange(name, max(starts), max(ends), delta, _top1(b) - _top1(a),
-                               _signal_delta([probes[s] for s in sorted(probes) if max(starts) <= s <= max(ends)])))
+        out.append(PhaseChange(name, a.step, b.step, delta, _top1(b) - _top1(a),
+                               _signal_delta([probes[s] for s in sorted(probes) if a.step <= s <= b.step])))
     return out
 
 
@@ -125,11 +142,64 @@ def describe(change: PhaseChange, families: tuple[str, ...] = HEADLINE) -> str:
             + f" nats; top-1 prob {change.top1_delta:+.3f}{signals} — {verdict(change)}")
 
 
+class RepetitionChange(NamedTuple):
+    """The summary of a phase's free-running greedy generations (``TrackSummary.generation``) at its first and
+    last evaluation that generated: ``before`` and ``after`` hold ``distinct_2``, ``repeated_4gram``,
+    ``loop_share``, ``mean_length``, ``eos_share``, ``n`` (:data:`lldyn.tracking.GENERATION_KEYS`)."""
+
+    phase: str
+    start: int
+    end: int
+    before: dict[str, float]
+    after: dict[str, float]
+
+    def rose(self, tol: float = 0.05) -> bool:
+        """Repetition rose: more generations caught in a loop, or the repeated-4-gram rate up by more than
+        ``tol`` (a rate in [0, 1])."""
+        return (self.after["loop_share"] > self.before["loop_share"]
+                or self.after["repeated_4gram"] - self.before["repeated_4gram"] > tol)
+
+
+def repetition_changes(run_dir: str | Path) -> list[RepetitionChange]:
+    """One :class:`RepetitionChange` per training phase whose evaluations generated before and in it."""
+    run = RunDir(run_dir)
+    generated = {s.step: s for s in run.probe_summaries() if s.generation}
+    out = []
+    for name, first, last in _phase_spans(run):
+        pair = _around(generated, first, last)
+        if pair is not None:
+            a, b = pair
+            out.append(RepetitionChange(name, a.step, b.step, dict(a.generation), dict(b.generation)))
+    return out
+
+
+def describe_repetition(change: RepetitionChange) -> str:
+    """``DPO (steps 30→60): greedy generations more repetitive — repeated 4-grams 0.05→0.41, …``."""
+    a, b = change.before, change.after
+    n_a, n_b = int(a.get("n", 0)), int(b.get("n", 0))
+    return (f"{change.phase.upper()} (steps {change.start}→{change.end}): greedy generations more repetitive — "
+            f"repeated 4-grams {a['repeated_4gram']:.2f}→{b['repeated_4gram']:.2f}, in a loop "
+            f"{round(a['loop_share'] * n_a)}/{n_a}→{round(b['loop_share'] * n_b)}/{n_b}, distinct-2 "
+            f"{a['distinct_2']:.2f}→{b['distinct_2']:.2f}, mean length {a['mean_length']:.0f}→{b['mean_length']:.0f}"
+            f" tokens, EOS reached {round(a['eos_share'] * n_a)}/{n_a}→{round(b['eos_share'] * n_b)}/{n_b}"
+            " (the repeater, paper Sec. 4.2)")
+
+
 WHAT_MOVED = "What moved (mean over probe prompts, log π in nats):"
 
 
 def what_moved(run_dirs: Iterable[str | Path], tagged: bool = False) -> list[str]:
     """:func:`describe` of every phase of each run in turn, after the run's folder name in brackets when
-    ``tagged`` (for several runs whose phases share names)."""
-    return [(f"[{Path(run_dir).name}] " if tagged else "") + describe(change)
-            for run_dir in run_dirs for change in phase_changes(run_dir)]
+    ``tagged`` (for several runs whose phases share names); after a phase whose free-running generations
+    became more repetitive (:meth:`RepetitionChange.rose`), :func:`describe_repetition` of it."""
+    lines = []
+    for run_dir in run_dirs:
+        tag = f"[{Path(run_dir).name}] " if tagged else ""
+        repeated = {(c.phase, c.end): c for c in repetition_changes(run_dir) if c.rose()}
+        for change in phase_changes(run_dir):
+            lines.append(tag + describe(change))
+            rep = repeated.pop((change.phase, change.end), None)
+            if rep is not None:
+                lines.append(tag + describe_repetition(rep))
+        lines += [tag + describe_repetition(rep) for rep in repeated.values()]  # generated at other steps
+    return lines

@@ -14,6 +14,15 @@ pass is shared by a prompt's ~12 responses) and derives the evaluation-time fami
   each probe prompt, generated at every evaluation and scored in the same engine call (its ``text`` is in
   the row; its log π is of the current answer, so its change compares different answers).
 
+**The repeater** (paper Sec. 4.2: long off-policy DPO makes greedy generations repeat themselves, as the squeeze
+piles mass onto the argmax path). y* above is teacher-forced along y+, never what the model says. With a
+:class:`FreeRunConfig` budget the tracker also lets the model speak: every ``every``-th evaluation (the first
+one included) the first ``prompts`` probe prompts (in the probe set's order, so the same prompts at every
+evaluation and in every run of the probe set) get a free-running greedy generation of at most
+``max_new_tokens`` tokens; each is scored by the one engine (log π of exactly the generated tokens under the
+current model) and measured by :mod:`lldyn.degeneration`. One :class:`~lldyn.rundir.GenerationRow` per prompt
+goes to ``generations.jsonl`` and the evaluation's summary (:data:`GENERATION_KEYS`) into its metrics row.
+
 With gold answers (``gold``), the summary's signals also hold ``accuracy_argmax``: the share of probe
 prompts whose y* text states the gold answer (:func:`lldyn.rewards.states_gold_answer`). y* is the
 teacher-forced argmax along y+ (free of any generation), so it is the answer the model would put at
@@ -44,25 +53,72 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from lldyn import __version__
+from lldyn.config import check
+from lldyn.degeneration import corpus_distinct_n, degeneration
 from lldyn.distributed import Processes, equal_shares, is_sharded, refuse_zero3, score_encoded_equal_forwards
 from lldyn.errors import LldynError
-from lldyn.generation import GenerationConfig, generate
+from lldyn.generation import GenerationConfig, generate, sample
 from lldyn.policy_samples import POLICY_SAMPLE_FAMILIES
 from lldyn.probes import FAMILIES, Probe, ProbeSet
 from lldyn.reference_answer import Reference
 from lldyn.rewards import states_gold_answer
-from lldyn.rundir import PolicySample, RunDir, TrackSummary
-from lldyn.scoring import EncodedPair, Encoder, ScoreConfig, argmax_text
+from lldyn.rundir import GenerationRow, PolicySample, RunDir, TrackSummary
+from lldyn.scoring import EncodedPair, Encoder, ScoreConfig, argmax_text, score_encoded
 
 SIGNALS = ("logp_chosen", "logp_rejected", "logp_argmax", "top1_chosen", "top1_rejected", "entropy_chosen",
            "entropy_rejected")
 
 
 TrackerCallback = Callable[[TrackSummary, list[TrackSummary]], "dict[str, Any] | None"]
+
+# the summary of one evaluation's free-running generations (TrackSummary.generation, generation/<key> in metrics)
+GENERATION_KEYS = ("distinct_1", "distinct_2", "repeated_4gram", "loop_share", "mean_length", "eos_share",
+                   "mean_logp", "n")
+
+
+@dataclass(frozen=True)
+class FreeRunConfig:
+    """The repeater's budget: free-running greedy generations at evaluations (module docstring).
+
+    prompts: how many probe prompts (the first ones in the probe set's order); 0 = off.
+    max_new_tokens: the generation budget T; a generation never has more tokens (EOS not counted).
+    every: generate at every ``every``-th evaluation (evaluation 0, at step 0, included).
+    """
+
+    prompts: int = 0
+    max_new_tokens: int = 48
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        check(self.prompts >= 0, "generate_prompts", f"must be >= 0, got {self.prompts}", "0 (off) or a number of prompts")
+        check(self.max_new_tokens > 0, "generate_tokens", f"must be > 0, got {self.max_new_tokens}",
+              "a positive number of tokens")
+        check(self.every >= 1, "generate_every", f"must be >= 1, got {self.every}", "a positive number of evaluations")
+
+    @property
+    def enabled(self) -> bool:
+        return self.prompts > 0
+
+
+def summarise_generations(rows: Sequence[GenerationRow], tokens: Sequence[Sequence[int]]) -> dict[str, float]:
+    """One evaluation's summary (:data:`GENERATION_KEYS`): corpus distinct-1/2 over all generations' token ids
+    (Li et al. 2016, n-grams never cross a generation), and over generations the mean repeated-4-gram rate,
+    the share caught in a loop, the mean length in tokens, the share that reached EOS and the mean log π.
+
+    rows: the generations of the evaluation; tokens: their token ids without EOS, in the same order.
+    """
+    if not rows:
+        return {}
+    n = len(rows)
+    return {"distinct_1": corpus_distinct_n(tokens, 1), "distinct_2": corpus_distinct_n(tokens, 2),
+            "repeated_4gram": sum(r.repeated_4gram for r in rows) / n,
+            "loop_share": sum(r.in_loop for r in rows) / n, "mean_length": sum(r.n_tokens for r in rows) / n,
+            "eos_share": sum(r.eos for r in rows) / n, "mean_logp": sum(r.logp for r in rows) / n, "n": n}
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -84,6 +140,7 @@ class Tracker:
         callbacks: ``fn(summary, history) -> dict | None`` (see module docstring).
         initial_sample: generate the ``initial_sample`` family when tracking starts.
         generation_config: for the initial samples (default: greedy, 64 new tokens).
+        free_run: the repeater's budget (:class:`FreeRunConfig`); None or 0 prompts = no free-running generations.
         processes: distributed evaluation — this rank scores prompts ``prompt_ids[rank::world]`` and
             :meth:`~lldyn.distributed.Processes.gather` returns every rank's rows.
         progress: show a progress bar while scoring.
@@ -98,6 +155,7 @@ class Tracker:
                  every: int = 20, score_config: ScoreConfig = ScoreConfig(),
                  callbacks: Sequence[TrackerCallback] = (), *, initial_sample: bool = True,
                  generation_config: Any = None, processes: Processes = Processes(), progress: bool = False,
+                 free_run: FreeRunConfig | None = None,
                  policy_samples: Sequence[PolicySample] = (), gold: Mapping[str, Reference] | None = None,
                  greedy: GenerationConfig | None = None) -> None:
         if every < 1:
@@ -112,6 +170,7 @@ class Tracker:
         self.progress = progress
         self.want_initial_sample = initial_sample
         self.generation_config = generation_config
+        self.free_run = free_run if free_run is not None and free_run.enabled else None
         self.probes = ProbeSet.coerce(probes)
         self.policy_samples = list(policy_samples)
         self.gold = dict(gold or {})
@@ -120,9 +179,14 @@ class Tracker:
             # the greedy answers' generate calls are not yet made equal across ranks (FSDP2 would hang)
             raise LldynError("greedy answers and policy samples are not tracked on a sharded model", field="fsdp",
                              expected="no --fsdp with --probe-greedy / --probe-samples (GRPO runs in one process)")
+        if is_sharded(model) and self.free_run is not None:
+            # one rank's share of the generation prompts may be larger than another's: unequal generate calls
+            raise LldynError("free-running generations are not made on a sharded model", field="fsdp",
+                             expected="no --fsdp with --generate-prompts (run the repeater in one process)")
         self.run = RunDir(run) if isinstance(run, (str, Path)) else run
         self.history: list[TrackSummary] = []
         self.last_rows: list[dict[str, Any]] = []
+        self.last_generations: list[GenerationRow] = []
         self.last_seconds = 0.0
         # baseline log π of each (prompt_id, family, sample) at the first evaluation (sample -1: not a policy sample)
         self._base: dict[tuple[str, str, int], float] = {}
@@ -158,9 +222,12 @@ class Tracker:
         if self.processes.is_main:
             # a directory handed over as a bare path still describes itself (lldyn train and the TRL callback
             # write their own, fuller config.json first)
-            self.run.describe({"kind": "tracker", "lldyn_version": __version__, "every": self.every,
-                               "initial_sample": self.want_initial_sample, "probes_sha256": static.fingerprint(),
-                               "score": dataclasses.asdict(self.score_config)})
+            described = {"kind": "tracker", "lldyn_version": __version__, "every": self.every,
+                         "initial_sample": self.want_initial_sample, "probes_sha256": static.fingerprint(),
+                         "score": dataclasses.asdict(self.score_config)}
+            if self.free_run is not None:
+                described["free_run"] = dataclasses.asdict(self.free_run)
+            self.run.describe(described)
         samples = self.run.initial_samples()
         if samples is not None and not any(p.family == "initial_sample" for p in self.probes):
             self.probes = self.probes.with_probes(_initial_sample(r) for r in samples)
@@ -245,11 +312,60 @@ class Tracker:
             rows.append(row)
         return rows
 
+    # ------------------------------------------------------------------ the repeater
+    @property
+    def generation_prompt_ids(self) -> list[str]:
+        """The probe prompts that get free-running generations: the first ``free_run.prompts`` in the probe
+        set's order (none without a budget)."""
+        if self.free_run is None:
+            return []
+        with_chosen = {p.prompt_id for p in self.probes if p.family == "chosen"}
+        return [pid for pid in self.probes.prompt_ids if pid in with_chosen][:self.free_run.prompts]
+
+    def should_generate(self) -> bool:
+        """Whether the next evaluation generates: every ``free_run.every``-th, counting from the first."""
+        return self.free_run is not None and len(self.history) % self.free_run.every == 0
+
+    def free_run_generations(self, step: int) -> list[dict[str, Any]]:
+        """This rank's free-running generations: ``{"row": GenerationRow JSON, "tokens": ids without EOS}`` for
+        its share of :attr:`generation_prompt_ids`; greedy, scored by the engine on exactly the generated tokens
+        (a cut generation has no EOS, which the text path would append)."""
+        assert self.free_run is not None
+        budget = self.free_run.max_new_tokens
+        local = set(self.local_prompt_ids)
+        chosen = {p.prompt_id: p for p in self.probes if p.family == "chosen"}
+        ids = [pid for pid in self.generation_prompt_ids if pid in local]
+        if not ids:
+            return []
+        cfg = GenerationConfig(max_new_tokens=budget, template=self.score_config.template,
+                               max_prompt_tokens=self.score_config.max_prompt_tokens or GenerationConfig.max_prompt_tokens)
+        samples = sample(self.model, self.tokenizer, [chosen[pid].prompt for pid in ids], cfg)
+        scored = score_encoded(self.model, [EncodedPair(s.prompt_ids, s.completion_ids) for s in samples],
+                               self.tokenizer.pad_token_id, self.score_config)
+        out = []
+        for pid, s, res in zip(ids, samples, scored):
+            tokens = list(s.completion_ids[:-1] if s.eos else s.completion_ids)
+            d = degeneration(tokens, s.eos, budget)
+            row = GenerationRow(step, pid, s.text, d.length, budget, d.eos_reached, res.logp, d.distinct_1,
+                                d.distinct_2, d.repeated_ngram_rate, d.in_loop, d.loop_period)
+            out.append({"row": row.to_json(), "tokens": tokens})
+        return out
+
     def track(self, step: int, signals: Mapping[str, float] | None = None) -> TrackSummary:
-        """Evaluate all probes now, write the rows and the summary, run the callbacks. ``signals``: the caller's
-        own (GRPO's ``reward``), added to the summary's before the callbacks see it."""
+        """Evaluate all probes now (and, when due, the free-running generations), write the rows and the
+        summary, run the callbacks. ``signals``: the caller's own (GRPO's ``reward``), added to the summary's
+        before the callbacks see it."""
         start = time.perf_counter()
         self._ensure_initial_samples()
+        generated: list[dict[str, Any]] = []
+        generate_seconds = 0.0
+        if self.should_generate():
+            t0 = time.perf_counter()
+            generated = [g for part in self.processes.gather(self.free_run_generations(step)) for g in part]
+            order = {pid: i for i, pid in enumerate(self.generation_prompt_ids)}
+            generated.sort(key=lambda g: order[g["row"]["prompt_id"]])
+            generate_seconds = time.perf_counter() - t0
+        generation_rows = [GenerationRow.from_json(g["row"]) for g in generated]
         rows = [r for part in self.processes.gather(self.evaluate()) for r in part]
         rows.sort(key=lambda r: (self._prompt_rank[r["prompt_id"]], self._family_rank[r["family"]],
                                  r.get("sample", -1)))
@@ -266,11 +382,16 @@ class Tracker:
             if out:
                 extra.update(out)
         self.last_seconds = time.perf_counter() - start
+        generation = summarise_generations(generation_rows, [g["tokens"] for g in generated])
         summary = TrackSummary(summary.step, summary.family_mean, summary.family_delta, summary.signals,
-                               {**extra, "probe_seconds": self.last_seconds})
+                               {**extra, "probe_seconds": self.last_seconds,
+                                **({"generate_seconds": generate_seconds} if generated else {})}, generation)
         self.history.append(summary)
         self.last_rows = rows
+        self.last_generations = generation_rows
         if self.is_writer:
+            if generation_rows:
+                self.run.append_generations(generation_rows)  # type: ignore[union-attr]
             self.run.append_probe_rows(rows)  # type: ignore[union-attr]
             self.run.log(summary)  # type: ignore[union-attr]
         return summary

@@ -27,6 +27,10 @@ HELP = {
     "on_policy": "sample two responses per prompt from the current policy and label them with --preference-source",
     "preference_source": "hf:MODEL, openai:MODEL (with --base-url) or module:function (a reward function)",
     "decompose_every": "record the first-order decomposition every N steps (0 = off)",
+    "generate_prompts": "the repeater: free-running greedy generations of the first N probe prompts at evaluations "
+                        "(0 = off), with degeneration measures, in generations.jsonl",
+    "generate_tokens": "the free-running generations' budget in new tokens",
+    "generate_every": "generate at every K-th probe evaluation (the first included)",
     "nthr": "GRPO: NTHR (Deng et al. 2025) lowers the penalty on incorrect completions' tokens that drag the "
             "group's correct completions down (docs/grpo-nthr.md)",
     "nthr_threshold": "NTHR: flag a token whose influence on the correct completions exceeds this multiple of the "

@@ -21,7 +21,7 @@ from lldyn.report import write_report
 from lldyn.runs import is_run_dir
 from lldyn.train import TrainConfig, train
 
-QUICK = {"steps": 4, "eval_every": 2, "batch_size": 2, "limit": 16}
+QUICK = {"steps": 4, "eval_every": 2, "batch_size": 2, "limit": 16, "generate_tokens": 8}
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from lldyn.train import TrainConfig, run_train_config, train
 
 EXPERIMENTS = ("sft", "dpo", "extend", "grpo")
 HH_RLHF = "hf:Anthropic/hh-rlhf/harmless-base"
-QUICK = {"steps": 3, "sft_steps": 2, "eval_every": 2, "batch_size": 2}
+QUICK = {"steps": 3, "sft_steps": 2, "eval_every": 2, "batch_size": 2, "generate_tokens": 8}
 # GRPO's smoke test: two steps of one prompt's 4 completions each, both tracked and decomposed
 QUICK_GRPO = {"steps": 2, "eval_every": 1, "decompose_every": 1, "batch_size": 4, "num_generations": 4,
               "max_completion_length": 8}

@@ -53,7 +53,7 @@ from lldyn.rewards import RewardFunction, load_reward
 from lldyn.rundir import AlarmRow, RunDir, TrackSummary
 from lldyn.scoring import ScoreConfig
 from lldyn.squeeze import LLDAlarm, LLDAlarmConfig, SqueezeAlarm
-from lldyn.tracking import Tracker, TrackerCallback
+from lldyn.tracking import FreeRunConfig, Tracker, TrackerCallback
 
 log = logging.getLogger("lldyn")
 PREFIX = "lldyn/"
@@ -91,6 +91,9 @@ class LearningDynamicsCallback(TrainerCallback):
         label: name of the run in reports (default: trainer kind and learning rate).
         tokenizer: the tokenizer to score with, for a ``Trainer`` built without ``processing_class``
             (default: the trainer's ``processing_class``).
+        free_run: the repeater's budget (:class:`lldyn.tracking.FreeRunConfig`): free-running greedy
+            generations of the first probe prompts at every ``every``-th evaluation, with their degeneration
+            measures (``generations.jsonl`` with ``out``; the summary under ``lldyn/generation/<key>``).
         policy_samples: GRPO: draws per probe prompt from the starting policy (an int: sampled as the trainer's
             GRPOConfig samples), or a :class:`~lldyn.policy_samples.PolicySampleConfig`; None/0 = none.
         reward: what splits the draws into correct and incorrect: ``"builtin"`` (the gold answer), a
@@ -107,6 +110,7 @@ class LearningDynamicsCallback(TrainerCallback):
                  score_config: ScoreConfig = ScoreConfig(), callbacks: Sequence[TrackerCallback] = (),
                  initial_sample: bool = True, generation_config: Any = None, label: str | None = None,
                  tokenizer: Any = None, squeeze_alarm: bool | None = None,
+                 free_run: FreeRunConfig | None = None,
                  policy_samples: int | PolicySampleConfig | None = None, reward: Any = None,
                  prompts: Sequence[PromptExample] = (), lld_alarm: bool | None = None,
                  lld_config: LLDAlarmConfig = LLDAlarmConfig(), greedy_answers: bool | None = None) -> None:
@@ -119,6 +123,7 @@ class LearningDynamicsCallback(TrainerCallback):
         self.squeeze_alarm = squeeze_alarm
         self.initial_sample = initial_sample
         self.generation_config = generation_config
+        self.free_run = free_run if free_run is not None and free_run.enabled else None
         self.label = label
         self.policy_samples = policy_samples
         self.reward = _reward(reward)
@@ -192,6 +197,8 @@ class LearningDynamicsCallback(TrainerCallback):
                           "probes_sha256": self.probes.without_families(["initial_sample"]).fingerprint(),
                           "score": {k: getattr(self.score_config, k) for k in ("template", "system_prompt", "max_length",
                                                                                "max_prompt_tokens")}}
+                if self.free_run is not None:
+                    config["free_run"] = dataclasses.asdict(self.free_run)
                 resumed = state.global_step > 0
                 run = RunDir.create(self.out, config, resume=resumed)
                 if resumed:
@@ -223,8 +230,8 @@ class LearningDynamicsCallback(TrainerCallback):
                                       max_prompt_tokens=self.score_config.max_prompt_tokens)
         return Tracker(model, tokenizer, self.probes, run=run, every=self.every, score_config=self.score_config,
                        callbacks=callbacks, initial_sample=self.initial_sample,
-                       generation_config=self.generation_config, processes=procs, policy_samples=samples, gold=gold,
-                       greedy=greedy)
+                       generation_config=self.generation_config, processes=procs, free_run=self.free_run,
+                       policy_samples=samples, gold=gold, greedy=greedy)
 
     def _sample_config(self, args) -> PolicySampleConfig | None:
         """The policy samples' config: as given, or ``n`` draws sampled as the trainer's GRPOConfig samples."""

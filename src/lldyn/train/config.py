@@ -31,6 +31,7 @@ from lldyn.report_to import REPORT_TO
 from lldyn.rundir import RunDir
 from lldyn.runs import model_config
 from lldyn.scoring import ScoreConfig
+from lldyn.tracking import FreeRunConfig
 
 METHODS = ("sft", "dpo", "ipo", "slic", "simpo", "extend", "sft_dpo", "grpo")
 OPTIMIZERS = ("adamw", "rmsprop", "sgd")
@@ -111,6 +112,9 @@ class TrainConfig:
     decompose_every: int = 0
     fsdp: bool = False
     report_to: str = "none"
+    generate_prompts: int = 0
+    generate_tokens: int = 48
+    generate_every: int = 1
     initial_sample: bool = True
     squeeze_alarm: bool = True
     reward: str = "builtin"
@@ -178,6 +182,14 @@ class TrainConfig:
         check_dtype_on_device(self.dtype, self.device)
         check(self.report_to in REPORT_TO, "report_to", f"unknown report_to {self.report_to!r}",
               "one of " + ", ".join(REPORT_TO))
+        self.free_run()  # refuses a bad budget at construction
+        check(self.generate_prompts == 0 or (bool(self.probes) and self.eval_every > 0), "generate_prompts",
+              "free-running generations are made at probe evaluations, and this run has none",
+              "--probes FILE and --eval-every > 0, or --generate-prompts 0")
+
+    def free_run(self) -> FreeRunConfig:
+        """The repeater's budget (``generate_prompts`` 0: off)."""
+        return FreeRunConfig(self.generate_prompts, self.generate_tokens, self.generate_every)
 
     def scoring(self) -> ScoreConfig:
         """The engine's tokenisation for this run (``max_prompt_tokens`` 0 or None: no separate prompt cap)."""
@@ -188,6 +200,9 @@ class TrainConfig:
         """How to load ``name`` (default: the run's starting ``model``) with this run's dtype, device and LoRA."""
         return model_config(config_to_dict(self), self.trust_remote_code, name)
 
+
+FREE_RUN_FIELDS: dict[str, Any] = {f: TrainConfig.__dataclass_fields__[f].default for f in (
+    "generate_prompts", "generate_tokens", "generate_every")}
 
 GRPO_FIELDS: dict[str, Any] = {f: TrainConfig.__dataclass_fields__[f].default for f in (
     "reward", "num_generations", "max_completion_length", "temperature", "top_p", "loss_type", "epsilon",
@@ -287,6 +302,8 @@ def run_config(cfg: TrainConfig) -> dict[str, Any]:
         values = {k: v for k, v in values.items() if k not in GRPO_FIELDS}
     elif not cfg.nthr:  # so does a GRPO run without NTHR
         values = {k: v for k, v in values.items() if k not in NTHR_FIELDS}
+    if cfg.generate_prompts == 0:  # so does a run without free-running generations (runs made before can resume)
+        values = {k: v for k, v in values.items() if k not in FREE_RUN_FIELDS}
     if values.get("base_url"):
         values["base_url"] = public_url(values["base_url"])
     if values.get("report_to") == "none":  # where metrics are also sent is not part of the run (see RESUME_FREE)

@@ -307,7 +307,8 @@ def make_tracker(job: Job, callbacks: Sequence[Callable]) -> Any:
             all_callbacks.append(lld_alarm(LLDAlarmConfig(cfg.lld_reward_rise, cfg.lld_logp_rise)))
     return Tracker(job.model, job.tokenizer, cfg.probes, job.run, every=cfg.eval_every, score_config=cfg.scoring(),
                    callbacks=all_callbacks, initial_sample=cfg.initial_sample, progress=False,
-                   processes=job.procs, policy_samples=job.policy_samples or (), gold=gold, greedy=greedy)
+                   processes=job.procs, free_run=cfg.free_run(), policy_samples=job.policy_samples or (), gold=gold,
+                   greedy=greedy)
 
 
 def find_resume_point(job: Job, resume: bool) -> None:
