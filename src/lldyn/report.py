@@ -25,7 +25,7 @@ import html
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from lldyn.decompose.plots import plot_decomposition
 from lldyn.errors import LldynError
@@ -149,6 +149,22 @@ def _families(runs: Sequence[RunData]) -> list[str]:
     return [f for f in FAMILIES if f in present] + sorted(present - set(FAMILIES))
 
 
+def _plot_summaries(ax: Any, runs: Sequence[Any], value: Callable[[Any], float | None]) -> None:
+    """One line per run: ``value(summary)`` over the run's evaluation steps (None: no point there)."""
+    for i, run in enumerate(runs):
+        pts = sorted((s.step, v) for s in run.summaries if (v := value(s)) is not None)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{i % 10}", label=run.label, marker=".")
+
+
+def _step_axis(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("step", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+
+
 def _shade_squeeze(ax: Any, runs: Sequence[RunData]) -> None:
     """Hatch the steps where a run's squeeze alarm fired, in that run's colour."""
     for i, run in enumerate(runs):
@@ -213,7 +229,6 @@ def plot_families(runs: Sequence[RunData], path: str | Path, delta: bool = False
 def plot_signals(runs: Sequence[RunData], path: str | Path) -> Path | None:
     """Squeeze signals over steps from ``metrics.jsonl`` (None when no run has them)."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
     names = [("top1_chosen", "mean top-1 prob along y+"), ("top1_rejected", "mean top-1 prob along y−"),
              ("entropy_chosen", "entropy along y+ (nats)"), ("entropy_rejected", "entropy along y− (nats)")]
@@ -223,14 +238,9 @@ def plot_signals(runs: Sequence[RunData], path: str | Path) -> Path | None:
     axes = fig.subplots(1, 4)
     for ax, (key, title) in zip(axes, names):
         _shade_squeeze(ax, runs)
-        for i, run in enumerate(runs):
-            pts = sorted((s.step, s.signals[key]) for s in run.summaries if key in s.signals)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{i % 10}", label=run.label, marker=".")
+        _plot_summaries(ax, runs, lambda s: s.signals.get(key))
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+        _step_axis(ax)
     by_label = dict(zip(*reversed(axes[0].get_legend_handles_labels())))  # one entry per label
     axes[0].legend(list(by_label.values()), list(by_label), fontsize=7, frameon=False)
     fig.tight_layout()
@@ -242,7 +252,6 @@ def plot_squeeze(runs: Sequence[RunData], path: str | Path) -> Path | None:
     and log π(y*), and the top-1 probability along y+, with the alarm's intervals hatched.
     None when no run tracked all three families."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
     wanted = ("chosen", "rejected", "argmax")
     curves = [family_curves(run.table, delta=True) for run in runs]
@@ -262,15 +271,10 @@ def plot_squeeze(runs: Sequence[RunData], path: str | Path) -> Path | None:
         ax.set_title(titles[fam] + " since step 0 (nats)", fontsize=9)
     ax = axes[3]
     _shade_squeeze(ax, runs)
-    for i, run in enumerate(runs):
-        pts = sorted((s.step, s.signals["top1_chosen"]) for s in run.summaries if "top1_chosen" in s.signals)
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{i % 10}", label=run.label, marker=".")
+    _plot_summaries(ax, runs, lambda s: s.signals.get("top1_chosen"))
     ax.set_title("mean top-1 probability along y+", fontsize=9)
     for ax in axes:
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _step_axis(ax)
     by_label = dict(zip(*reversed(axes[0].get_legend_handles_labels())))
     fig.legend(list(by_label.values()), list(by_label), loc="lower center", ncol=min(4, len(by_label)), fontsize=8,
                frameon=False)
@@ -287,7 +291,6 @@ def plot_repeater(runs: Sequence[RunData], path: str | Path) -> Path | None:
     """The repeater: the summary of the free-running greedy generations over steps (``TrackSummary.generation``),
     one panel per measure, hatched where the squeeze alarm fired. None when no run generated."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
     if not any(s.generation for run in runs for s in run.summaries):
         return None
@@ -295,14 +298,9 @@ def plot_repeater(runs: Sequence[RunData], path: str | Path) -> Path | None:
     axes = fig.subplots(2, 3)
     for ax, (key, title) in zip(axes.flat, REPEATER_PANELS):
         _shade_squeeze(ax, runs)
-        for i, run in enumerate(runs):
-            pts = sorted((s.step, s.generation[key]) for s in run.summaries if key in s.generation)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{i % 10}", label=run.label, marker=".")
+        _plot_summaries(ax, runs, lambda s: s.generation.get(key))
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _step_axis(ax)
     by_label = dict(zip(*reversed(axes.flat[0].get_legend_handles_labels())))
     fig.legend(list(by_label.values()), list(by_label), loc="lower center", ncol=min(4, len(by_label)), fontsize=8,
                frameon=False)
