@@ -40,7 +40,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scoring import build_requests  # noqa: E402  (bench/scoring.py: the same 64 × 13 workload)
+from scoring import bare_forward, build_requests  # noqa: E402  (bench/scoring.py: the same 64 × 13 workload)
 
 from lldyn.scoring import Encoder, ScoreConfig, ScoreRequest, collate, score, sequence_logps  # noqa: E402
 
@@ -109,19 +109,6 @@ def naive_logp(model, pair, device) -> float:
     return float(rows.gather(-1, torch.tensor(pair.response_ids, device=device)[:, None]).sum())
 
 
-def bare_forward(model, pairs, pad_id: int, device, batch: int = 32) -> None:
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt_ids) + len(pairs[i].response_ids))
-    with torch.no_grad():
-        for s in range(0, len(order), batch):
-            seqs = [list(pairs[i].prompt_ids) + list(pairs[i].response_ids) for i in order[s:s + batch]]
-            L = max(map(len, seqs))
-            ids = torch.full((len(seqs), L), pad_id)
-            att = torch.zeros((len(seqs), L), dtype=torch.long)
-            for r, q in enumerate(seqs):
-                ids[r, :len(q)], att[r, :len(q)] = torch.tensor(q), 1
-            model(input_ids=ids.to(device), attention_mask=att.to(device))
-
-
 def bench_scoring(lm, args, clock: Clock, device: str) -> None:
     model, tok = lm.model, lm.tokenizer
     reqs = build_requests(args.prompts, 13, "builtin")
@@ -139,7 +126,7 @@ def bench_scoring(lm, args, clock: Clock, device: str) -> None:
     t_sub, peak, ref = clock.run(lambda: {i: naive_logp(model, pairs[i], device) for i in sub})
     t_ref = t_sub * n / len(sub)
     print(f"(a) reference style: {t_ref:7.2f} s (timed on {len(sub)} responses, scaled)  peak {gib(peak)}")
-    t_bare, peak, _ = clock.run(lambda: bare_forward(model, pairs, tok.pad_token_id, device))
+    t_bare, peak, _ = clock.run(lambda: bare_forward(model, pairs, tok.pad_token_id, device=device))
     print(f"(b) bare forward   : {t_bare:7.2f} s  {tokens / t_bare:10.0f} tokens/s  peak {gib(peak)}")
     for name in engines:
         print(f"{name}: {t_ref / times[name]:6.2f}x vs (a), {t_bare / times[name]:6.2f}x vs (b)")

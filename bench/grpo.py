@@ -32,10 +32,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import children  # noqa: E402  (bench/children.py)
+
+PRELOAD = ("transformers.models.llama.modeling_llama", "transformers.optimization", "trl", "datasets",
+           "lldyn.train", "lldyn.checkpoint")  # imported by every child before its clock starts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -86,17 +91,6 @@ def split_steps(step_ends: list[float], gen_spans: list[tuple[float, float]], wa
 # --------------------------------------------------------------------------- children (one run each)
 
 
-def preload(threads: int) -> None:
-    """Both children import the same libraries before their clocks start, and use the same thread count."""
-    import importlib
-
-    import torch
-
-    for name in ("transformers.models.llama.modeling_llama", "transformers.optimization", "trl", "datasets",
-                 "lldyn.train", "lldyn.checkpoint"):
-        importlib.import_module(name)
-    if threads > 0:
-        torch.set_num_threads(threads)
 
 
 def timed(owner, name: str, spans: list[tuple[float, float]]) -> None:
@@ -194,13 +188,6 @@ def child_trl(p: dict) -> dict:
             "tokens": tokens[p["warmup"]:], "reward": [h["reward"] for h in logs], "loss": [h["loss"] for h in logs]}
 
 
-def run_child(kind: str, p: dict) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--params", json.dumps(p)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-        raise SystemExit(f"{kind} run failed (exit {proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------- the parent
@@ -246,7 +233,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.child:
         p = json.loads(a.params)
-        preload(p["threads"])
+        children.preload(p["threads"], PRELOAD)
         print(json.dumps(child_lldyn(p) if a.child == "lldyn" else child_trl(p)))
         return
     if a.warmup < 1 or a.steps < 1:
@@ -265,7 +252,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {k: [] for k in KINDS}
     for rnd in range(a.rounds):
         for kind in KINDS:
-            r = run_child(kind, p)
+            r = children.run_child(__file__, kind, p)
             runs[kind].append(r)
             print(f"round {rnd + 1}  {describe(r)}  [{r['threads']} threads]", flush=True)
 

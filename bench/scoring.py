@@ -47,7 +47,8 @@ def build_requests(n_prompts: int, per_prompt: int, data: str = "builtin") -> li
     return reqs
 
 
-def bare_forward(model, pairs, pad_id: int, batch: int = 32) -> None:
+def bare_forward(model, pairs, pad_id: int, batch: int = 32, device=None) -> None:
+    """(b) a bare batched forward over the same sequences, length-sorted, right-padded (full logits)."""
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt_ids) + len(pairs[i].response_ids))
     with torch.no_grad():
         for s in range(0, len(order), batch):
@@ -57,7 +58,7 @@ def bare_forward(model, pairs, pad_id: int, batch: int = 32) -> None:
             att = torch.zeros((len(seqs), L), dtype=torch.long)
             for r, q in enumerate(seqs):
                 ids[r, :len(q)], att[r, :len(q)] = torch.tensor(q), 1
-            model(input_ids=ids, attention_mask=att)
+            model(input_ids=ids.to(device), attention_mask=att.to(device))
 
 
 def timed(fn) -> float:

@@ -28,11 +28,16 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import children  # noqa: E402  (bench/children.py)
+
+PRELOAD = ("transformers.models.llama.modeling_llama", "lldyn.generation", "lldyn.scoring",
+           "lldyn.tracking")  # imported by every child before its clock starts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -63,17 +68,6 @@ def build_probe_file(p: dict, path: Path) -> None:
     build_probes(train, test, RuleRephraser(train), limit=p["prompts"], seed=0).save(path)
 
 
-def preload(threads: int) -> None:
-    """Every child imports the same libraries before its clock starts, and uses the same thread count."""
-    import torch
-    import transformers.models.llama.modeling_llama  # noqa: F401
-
-    import lldyn.generation  # noqa: F401
-    import lldyn.scoring  # noqa: F401
-    import lldyn.tracking  # noqa: F401
-
-    if threads > 0:
-        torch.set_num_threads(threads)
 
 
 def probe_seconds(metrics_path: Path) -> tuple[float, int]:
@@ -151,13 +145,6 @@ def child_alone(p: dict) -> dict:
             "responses": len(requests)}
 
 
-def run_child(kind: str, p: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--params", json.dumps(p)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-        raise SystemExit(f"{kind} run failed (exit {proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -178,7 +165,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.child:
         p = json.loads(a.params)
-        preload(p["threads"])
+        children.preload(p["threads"], PRELOAD)
         if a.child == "alone":
             out = child_alone(p)
         else:
@@ -206,7 +193,7 @@ def main() -> None:
         runs: dict[str, list[dict]] = {"untracked": [], "tracked": [], "alone": []}
         for rnd in range(a.rounds):
             for kind in runs:
-                r = run_child(kind, p)
+                r = children.run_child(__file__, kind, p)
                 runs[kind].append(r)
                 extra = (f"  (generate initial samples {r['generate_seconds']:.1f} s + {n_evaluations(p)} x score "
                          f"{r['responses']} responses {r['score_seconds']:.1f} s)" if kind == "alone" else

@@ -41,11 +41,16 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import children  # noqa: E402  (bench/children.py)
+
+PRELOAD = ("transformers.models.llama.modeling_llama", "transformers.optimization", "trl", "datasets",
+           "lldyn.train", "lldyn.checkpoint")  # imported by every child before its clock starts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -84,17 +89,6 @@ def step_report(stamps: list[float], t0: float, t_first_start: float, t_end: flo
 # --------------------------------------------------------------------------- children (one run each)
 
 
-def preload(threads: int) -> None:
-    """Both children import the same libraries before their clocks start, and use the same thread count."""
-    import importlib
-
-    import torch
-
-    for name in ("transformers.models.llama.modeling_llama", "transformers.optimization", "trl", "datasets",
-                 "lldyn.train", "lldyn.checkpoint"):  # both models are Llamas
-        importlib.import_module(name)
-    if threads > 0:
-        torch.set_num_threads(threads)
 
 
 def child_lldyn(p: dict) -> dict:
@@ -209,13 +203,6 @@ def child_trl(p: dict, kind: str) -> dict:
     return out
 
 
-def run_child(kind: str, p: dict) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--params", json.dumps(p)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-        raise SystemExit(f"{kind} run failed (exit {proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------- the parent
@@ -252,7 +239,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.child:
         p = json.loads(a.params)
-        preload(p["threads"])
+        children.preload(p["threads"], PRELOAD)
         print(json.dumps(child_lldyn(p) if a.child == "lldyn" else child_trl(p, a.child)))
         return
     kinds = [k.strip() for k in a.kinds.split(",") if k.strip()]
@@ -271,10 +258,10 @@ def main() -> None:
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
     for rnd in range(a.rounds):
         for kind in kinds:
-            r = run_child(kind, p)
+            r = children.run_child(__file__, kind, p)
             runs[kind].append(r)
             print(f"round {rnd + 1}  {describe(r, a.steps)}  [{r['threads']} threads]", flush=True)
-    conv = run_child("trl-conv", p)
+    conv = children.run_child(__file__, "trl-conv", p)
 
     print("\nmedians over rounds:")
     step_rate = {k: med([a.steps / sum(r["step_s"]) for r in v]) for k, v in runs.items()}
