@@ -58,3 +58,37 @@ def builtin_probes(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("probes")
     assert main(["probes", "build", "--data", "builtin", "--out", str(root / "probes.jsonl"), "--limit", "2"]) == 0
     return root / "probes.jsonl"
+
+
+# --------------------------------------------------------------------------- helpers of the multi-process tests
+SRC = str(ROOT / "src")  # this checkout's lldyn, in every subprocess (not whichever lldyn is installed)
+
+
+def subprocess_env(tmp: Path) -> dict[str, str]:
+    """A clean environment for a ``lldyn`` subprocess: offline, one thread, no GPU visible (two processes then
+    talk over gloo on the CPU), this checkout's code."""
+    return {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp),
+            "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": SRC}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def final_weights(run: Path) -> dict:
+    """The weights of a run's latest checkpoint (name → tensor)."""
+    from safetensors.torch import load_file
+
+    from lldyn.checkpoint import latest_checkpoint
+
+    return load_file(str(latest_checkpoint(run / "checkpoints") / "model.safetensors"))
+
+
+def max_weight_difference(one: Path, two: Path) -> float:
+    wa, wb = final_weights(one), final_weights(two)
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)

@@ -13,22 +13,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import final_weights, free_port, max_weight_difference, subprocess_env
 import torch
 import torch.distributed
 
-import lldyn
 from lldyn.rundir import RunDir
 
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                                 reason="torch.distributed with the gloo backend is needed for a two-process run on CPU")
 
-SRC = str(Path(lldyn.__file__).resolve().parents[1])  # this checkout's lldyn, in every subprocess
 TINY = ["--model", "tiny-random-llama", "--data", "builtin:train", "--limit", "12", "--max-length", "96",
         "--max-prompt-tokens", "48", "--lr", "1e-3", "--batch-size", "4"]
 TIMING = ("seconds", "probe_seconds")
@@ -36,26 +34,17 @@ ABS = 1e-4
 HANG = 150  # seconds: a two-process run here takes ~25 s on a loaded 2-core machine
 
 
-def env(tmp: Path) -> dict[str, str]:
-    return {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp),
-            "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": SRC}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one_process(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lldyn.cli", "train", *args], cwd=tmp, env=env(tmp),
+    return subprocess.run([sys.executable, "-m", "lldyn.cli", "train", *args], cwd=tmp, env=subprocess_env(tmp),
                           capture_output=True, text=True, timeout=HANG)
 
 
 def torchrun(tmp: Path, *command: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *command],
-                          cwd=tmp, env=env(tmp), capture_output=True, text=True, timeout=HANG)
+                          cwd=tmp, env=subprocess_env(tmp), capture_output=True, text=True, timeout=HANG)
 
 
 def two_processes(tmp: Path, *args: str) -> subprocess.CompletedProcess:
@@ -89,18 +78,8 @@ def assert_same_probe_table(one: Path, two: Path, tol: float = ABS) -> None:
     assert [r["n_tokens"] for r in ta] == [r["n_tokens"] for r in tb]
 
 
-def final_weights(run: Path) -> dict:
-    from safetensors.torch import load_file
-
-    from lldyn.checkpoint import latest_checkpoint
-
-    return load_file(str(latest_checkpoint(run / "checkpoints") / "model.safetensors"))
 
 
-def max_weight_difference(one: Path, two: Path) -> float:
-    wa, wb = final_weights(one), final_weights(two)
-    assert wa.keys() == wb.keys()
-    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
 
 
 def tree(path: Path) -> dict[str, bytes]:
@@ -165,7 +144,7 @@ def sft_runs(tmp_path_factory):
     and once sharded over two."""
     tmp = tmp_path_factory.mktemp("fsdp_sft")
     ok(subprocess.run([sys.executable, "-m", "lldyn.cli", "probes", "build", "--data", "builtin", "--out",
-                       str(tmp / "probes.jsonl"), "--limit", "5"], env=env(tmp), capture_output=True, text=True,
+                       str(tmp / "probes.jsonl"), "--limit", "5"], env=subprocess_env(tmp), capture_output=True, text=True,
                       timeout=HANG))
     args = [*TINY, "--method", "sft", "--steps", "3", "--probes", "probes.jsonl", "--eval-every", "1",
             "--checkpoint-every", "2"]
@@ -381,7 +360,7 @@ def test_a_sharded_run_is_decomposed_by_replay_in_one_process(sft_runs, tmp_path
     shutil.copy(tmp / "probes.jsonl", tmp_path / "probes.jsonl")
     shutil.copytree(tmp / "two", tmp_path / "two")
     proc = subprocess.run([sys.executable, "-m", "lldyn.cli", "decompose", "--run", "two", "--every", "3"],
-                          cwd=tmp_path, env=env(tmp_path), capture_output=True, text=True, timeout=HANG)
+                          cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=HANG)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = RunDir(tmp_path / "two").decompose_rows()
     assert rows and {r["step"] for r in rows} == {3}

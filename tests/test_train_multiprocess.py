@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import free_port, max_weight_difference, subprocess_env
 
 pytest.importorskip("accelerate")
 import torch.distributed  # noqa: E402
@@ -36,20 +36,10 @@ TIMING = ("seconds", "probe_seconds")
 REL = 1e-5
 
 
-def env(tmp: Path) -> dict[str, str]:
-    # No GPU visible: `--multi_gpu` then starts torchrun workers that talk over gloo on the CPU.
-    return {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp),
-            "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one_process(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lldyn.cli", "train", *args], cwd=tmp, env=env(tmp),
+    return subprocess.run([sys.executable, "-m", "lldyn.cli", "train", *args], cwd=tmp, env=subprocess_env(tmp),
                           capture_output=True, text=True, timeout=300)
 
 
@@ -58,7 +48,7 @@ def two_processes(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                            "--main_process_port", str(free_port()), "-m", "lldyn.cli", "train", *args],
-                          cwd=tmp, env=env(tmp), capture_output=True, text=True, timeout=300)
+                          cwd=tmp, env=subprocess_env(tmp), capture_output=True, text=True, timeout=300)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -90,18 +80,8 @@ def assert_same_metrics(one: Path, two: Path) -> None:
                 assert rb[key] == va, (ra["step"], key)
 
 
-def final_weights(run: Path) -> dict:
-    from safetensors.torch import load_file
-
-    from lldyn.checkpoint import latest_checkpoint
-
-    return load_file(str(latest_checkpoint(run / "checkpoints") / "model.safetensors"))
 
 
-def max_weight_difference(one: Path, two: Path) -> float:
-    wa, wb = final_weights(one), final_weights(two)
-    assert wa.keys() == wb.keys()
-    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
 
 
 def assert_written_once(run: Path) -> None:
@@ -125,7 +105,7 @@ def dpo_runs(tmp_path_factory):
     """DPO with probes and checkpoints, once in one process and once in two."""
     tmp = tmp_path_factory.mktemp("dpo")
     ok(subprocess.run([sys.executable, "-m", "lldyn.cli", "probes", "build", "--data", "builtin", "--out",
-                       str(tmp / "probes.jsonl"), "--limit", "2"], env=env(tmp), capture_output=True, text=True))
+                       str(tmp / "probes.jsonl"), "--limit", "2"], env=subprocess_env(tmp), capture_output=True, text=True))
     args = [*TINY, "--method", "dpo", "--steps", "4", "--batch-size", "4", "--probes", "probes.jsonl",
             "--eval-every", "2", "--checkpoint-every", "2"]
     one = ok(one_process(tmp, *args, "--out", "one"))
@@ -210,7 +190,7 @@ def test_batch_size_that_does_not_split_over_the_processes_is_refused(tmp_path):
     # Each process exits 2 with that one line, before it waits on another: seen here as one process that
     # torchrun would start (rank 0 of 2), which returns without any other process running.
     rank0 = subprocess.run([sys.executable, "-m", "lldyn.cli", "train", *args], cwd=tmp_path, capture_output=True,
-                           text=True, timeout=120, env={**env(tmp_path), "WORLD_SIZE": "2", "RANK": "0",
+                           text=True, timeout=120, env={**subprocess_env(tmp_path), "WORLD_SIZE": "2", "RANK": "0",
                                                         "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                                                         "MASTER_PORT": str(free_port())})
     assert rank0.returncode == 2 and rank0.stderr.strip().splitlines() == sorted(errors)
